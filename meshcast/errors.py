@@ -1,0 +1,67 @@
+"""Errors shared by every component.
+
+Each error renders as one line an operator can act on; the API maps them to HTTP statuses
+(`http_status`) and the CLI prints `str(error)` and exits non-zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class MeshcastError(Exception):
+    """Base of every error Meshcast reports to a user."""
+
+    http_status = 500
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule: where (`path`, e.g. ``spec.inbound[0].port``) and what (`message`)."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ValidationError(MeshcastError):
+    """A document broke one or more rules. Nothing was stored."""
+
+    http_status = 400
+
+    def __init__(self, subject: str, violations: Sequence[Violation]) -> None:
+        self.subject = subject
+        self.violations = tuple(violations)
+        body = "; ".join(str(v) for v in self.violations)
+        super().__init__(f"{subject}: {body}" if subject else body)
+
+
+class NotFound(MeshcastError):
+    http_status = 404
+
+
+class AlreadyExists(MeshcastError):
+    http_status = 409
+
+
+class Conflict(MeshcastError):
+    """Optimistic concurrency failed: the resource changed since the version the caller read."""
+
+    http_status = 409
+
+
+class Unauthorized(MeshcastError):
+    http_status = 401
+
+
+class Forbidden(MeshcastError):
+    http_status = 403
+
+
+class StoreUnavailable(MeshcastError):
+    """The backing store (etcd) could not be reached in time."""
+
+    http_status = 503

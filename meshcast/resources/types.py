@@ -1,0 +1,186 @@
+"""The core resource types: Mesh, Dataplane, Zone. Policies live in `meshcast.policies.<kind>`."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer
+
+from meshcast.errors import Violation
+from meshcast.resources.duration import format_duration, parse_duration
+from meshcast.resources.model import DNS_LABEL, Resource, ResourceType, Scope, Spec, Sync, register
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
+_TAG_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?")
+_TAG_VALUE = re.compile(r"[A-Za-z0-9._:/-]{1,253}")
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError("must be between 1 and 65535")
+    return value
+
+
+def _label(value: str) -> str:
+    if not DNS_LABEL.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid name: use 1-63 lowercase letters, digits or '-'")
+    return value
+
+
+def _address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not an IP address or a hostname")
+    return value
+
+
+def _tags(value: dict[str, str]) -> dict[str, str]:
+    for key, tag in value.items():
+        if not _TAG_KEY.fullmatch(key):
+            raise ValueError(f"tag key {key!r} is invalid: letters, digits and . _ / - (at most 63)")
+        if not _TAG_VALUE.fullmatch(tag):
+            raise ValueError(f"tag {key!r} has invalid value {tag!r}: letters, digits and . _ : / - (1-253)")
+    return value
+
+
+def _duration(value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a duration string such as 30s, 5m or 24h")
+    return parse_duration(value)
+
+
+Port = Annotated[int, AfterValidator(_port)]
+Name = Annotated[str, AfterValidator(_label)]
+Address = Annotated[str, AfterValidator(_address)]
+Tags = Annotated[dict[str, str], AfterValidator(_tags)]
+Duration = Annotated[timedelta, BeforeValidator(_duration), PlainSerializer(format_duration, return_type=str)]
+AppProtocol = Literal["http", "http2", "grpc", "tcp"]
+
+
+def _bounded(lo: timedelta, hi: timedelta) -> AfterValidator:
+    def check(value: timedelta) -> timedelta:
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {format_duration(lo)} and {format_duration(hi)}")
+        return value
+
+    return AfterValidator(check)
+
+
+# --- Mesh -----------------------------------------------------------------------------------------------------
+
+
+class Mtls(Spec):
+    """Mutual TLS between the mesh's sidecars. Present means on unless `enabled: false`."""
+
+    enabled: bool = True
+    backend: Literal["builtin"] = "builtin"
+    cert_ttl: Annotated[Duration, _bounded(timedelta(seconds=10), timedelta(days=365))] = Field(
+        default=timedelta(hours=24), alias="certTTL"
+    )
+
+
+class MeshSpec(Spec):
+    mtls: Mtls | None = None
+
+    @property
+    def mtls_enabled(self) -> bool:
+        return self.mtls is not None and self.mtls.enabled
+
+    @property
+    def cert_ttl(self) -> timedelta:
+        return self.mtls.cert_ttl if self.mtls is not None else timedelta(hours=24)
+
+
+MESH = register(
+    ResourceType(
+        name="Mesh", plural="meshes", spec=MeshSpec, scope=Scope.GLOBAL, sync=Sync.GLOBAL_TO_ZONES,
+        summary="a mesh: its mTLS settings and certificate authority",
+    )
+)
+
+
+# --- Dataplane ------------------------------------------------------------------------------------------------
+
+
+class Inbound(Spec):
+    """A service instance behind the sidecar: the sidecar listens on `port` and forwards to `appPort`."""
+
+    port: Port
+    app_port: Port | None = None
+    app_address: Address = "127.0.0.1"
+    service: Name
+    protocol: AppProtocol = "tcp"
+    tags: Tags = Field(default_factory=dict)
+
+    @property
+    def target_port(self) -> int:
+        return self.app_port if self.app_port is not None else self.port
+
+
+class Outbound(Spec):
+    """An upstream service the app calls through a local port of its sidecar."""
+
+    port: Port
+    service: Name
+    address: Address = "127.0.0.1"
+
+
+class DataplaneSpec(Spec):
+    address: Address
+    inbound: Annotated[list[Inbound], Field(min_length=1)]
+    outbound: list[Outbound] = Field(default_factory=list)
+
+    @property
+    def services(self) -> list[str]:
+        return sorted({i.service for i in self.inbound})
+
+
+def _check_dataplane(resource: Resource) -> Iterable[Violation]:
+    spec = resource.spec
+    assert isinstance(spec, DataplaneSpec)
+    seen = Counter((spec.address, i.port) for i in spec.inbound)
+    for idx, inbound in enumerate(spec.inbound):
+        if seen[(spec.address, inbound.port)] > 1:
+            yield Violation(f"spec.inbound[{idx}].port", f"port {inbound.port} is used by another inbound")
+    out_ports = Counter((o.address, o.port) for o in spec.outbound)
+    in_ports = {i.port for i in spec.inbound}
+    for idx, outbound in enumerate(spec.outbound):
+        if out_ports[(outbound.address, outbound.port)] > 1:
+            yield Violation(f"spec.outbound[{idx}].port", f"port {outbound.port} is used by another outbound")
+        elif outbound.port in in_ports and outbound.address == spec.address:
+            yield Violation(f"spec.outbound[{idx}].port", f"port {outbound.port} is already an inbound port")
+
+
+DATAPLANE = register(
+    ResourceType(
+        name="Dataplane", plural="dataplanes", spec=DataplaneSpec, scope=Scope.MESH, sync=Sync.LOCAL,
+        aliases=("dp", "dps"), check=_check_dataplane,
+        summary="a sidecar and the service instances behind it",
+    )
+)
+
+
+# --- Zone -----------------------------------------------------------------------------------------------------
+
+
+class ZoneSpec(Spec):
+    enabled: bool = True
+
+
+ZONE = register(
+    ResourceType(
+        name="Zone", plural="zones", spec=ZoneSpec, scope=Scope.GLOBAL, sync=Sync.GLOBAL_TO_ZONES,
+        summary="a region with its own zone control plane",
+    )
+)
