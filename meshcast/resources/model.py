@@ -257,7 +257,8 @@ def _message(err: Mapping[str, Any]) -> str:
     if kind in ("value_error", "assertion_error") and "error" in ctx:
         return str(ctx["error"])
     if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}"
+        expected = str(ctx.get("expected"))
+        return f"must be one of {expected}" if " or " in expected else f"must be {expected}"
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         return str(err["msg"]).replace("Input should be", "must be")
     if kind in ("too_short", "too_long", "string_too_short", "string_too_long"):

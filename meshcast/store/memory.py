@@ -11,6 +11,7 @@ import collections
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import datetime
 
 import trio
 
@@ -80,7 +81,9 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         return self._revision
 
-    def _commit(self, kind: EventKind, resource: Resource, *, created: object, modified: object) -> Resource:
+    def _commit(
+        self, kind: EventKind, resource: Resource, *, created: datetime | None, modified: datetime | None
+    ) -> Resource:
         self._revision += 1
         stored = replace(resource, version=str(self._revision), creation_time=created, modification_time=modified)
         self._items[stored.key] = stored

@@ -1,0 +1,49 @@
+# Meshcast: the README's two commands are `make demo` and `make test`. Both install what they need, idempotently:
+# Debian packages with apt-get (only those missing), Python packages into .venv from pyproject.toml (only when
+# pyproject.toml changed since the last install).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# etcd-server/etcd-client: the store and its tests; curl: real-client checks; iproute2: network namespaces.
+DEB_PACKAGES := etcd-server etcd-client curl iproute2 ca-certificates
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint unit bench deps clean
+
+demo: deps $(STAMP)
+	$(BIN)/python -m meshcast.demo
+
+test: deps $(STAMP) lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+bench: deps $(STAMP)
+	$(BIN)/python bench/bench_certs.py
+	$(BIN)/python bench/bench_push.py
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip >/dev/null
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo .bench

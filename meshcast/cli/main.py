@@ -1,0 +1,298 @@
+"""`meshcast`: operate a mesh (apply, get, delete, inspect, generate tokens) and run its components.
+
+User errors print one line and exit non-zero; no tracebacks. Components are imported only by the subcommand that
+runs them, so `meshcast get` never loads the data plane or the etcd client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import httpx
+import yaml
+
+import meshcast
+from meshcast.errors import MeshcastError
+
+DEFAULT_CP = "http://127.0.0.1:5681"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Context:
+    def __init__(self, cp: str) -> None:
+        self.cp = cp.rstrip("/")
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        with _reaching(self.cp):
+            response = httpx.request(method, self.cp + path, timeout=30, **kwargs)
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("error") or response.text
+            except ValueError:
+                message = response.text.strip() or response.reason_phrase
+            raise click.ClickException(f"{message} (HTTP {response.status_code})")
+        return response.json() if response.content else None
+
+
+@contextmanager
+def _reaching(url: str) -> Iterator[None]:
+    try:
+        yield
+    except httpx.ConnectError:
+        raise click.ClickException(f"cannot reach the control plane at {url} (is it running? see --cp)") from None
+    except httpx.TimeoutException:
+        raise click.ClickException(f"the control plane at {url} did not answer in time") from None
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"talking to the control plane at {url}: {exc}") from None
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--cp", envvar="MESHCAST_CP", default=DEFAULT_CP, show_default=True,
+              help="URL of the control plane API (or MESHCAST_CP).")
+@click.pass_context
+def cli(ctx: click.Context, cp: str) -> None:
+    """Meshcast: a multi-region service mesh."""
+    ctx.obj = Context(cp)
+
+
+# --- resources ------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("-f", "--file", "files", multiple=True, required=True, type=click.File("r"),
+              help="YAML or JSON file with one or more resources ('-' for standard input).")
+@click.option("--dry-run", is_flag=True, help="Validate only; store nothing.")
+@pass_ctx
+def apply(ctx: Context, files: tuple[Any, ...], dry_run: bool) -> None:
+    """Create or update resources. Every document is validated before any is stored."""
+    from meshcast.resources.codec import decode_text, load_documents
+
+    docs: list[Any] = []
+    for handle in files:
+        text = handle.read()
+        source = "stdin" if handle.name == "<stdin>" else handle.name
+        try:
+            load_documents(text, source=source)  # fail fast, naming the field path, before sending anything
+        except MeshcastError as exc:
+            raise click.ClickException(str(exc)) from None
+        docs += decode_text(text, source=source)
+    if dry_run:
+        click.echo(f"{len(docs)} resource(s) valid")
+        return
+    for item in ctx.request("POST", "/v1/apply", json=docs):
+        resource = item["resource"]
+        where = f"{resource['mesh']}/" if resource.get("mesh") else ""
+        click.echo(f"{resource['type']} {where}{resource['name']} {item['result']}")
+
+
+def _type_or_fail(name: str) -> Any:
+    from meshcast.resources import lookup_type
+
+    try:
+        return lookup_type(name)
+    except MeshcastError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table",
+                      show_default=True, help="Output format.")
+
+
+@cli.command()
+@click.argument("type_name", metavar="TYPE")
+@click.argument("name", required=False)
+@click.option("-m", "--mesh", default=None, help="Mesh of the resources (default: all meshes; 'default' for NAME).")
+@OUTPUT
+@pass_ctx
+def get(ctx: Context, type_name: str, name: str | None, mesh: str | None, output: str) -> None:
+    """Show resources of TYPE (e.g. meshes, dataplanes, zones), or the one named NAME."""
+    from meshcast.resources import Scope
+
+    rtype = _type_or_fail(type_name)
+    if name is None:
+        query = f"?mesh={mesh}" if mesh else ""
+        items = ctx.request("GET", f"/v1/{rtype.plural}{query}")["items"]
+    elif rtype.scope is Scope.MESH:
+        items = [ctx.request("GET", f"/v1/meshes/{mesh or 'default'}/{rtype.plural}/{name}")]
+    else:
+        items = [ctx.request("GET", f"/v1/{rtype.plural}/{name}")]
+    if output == "json":
+        click.echo(json.dumps(items[0] if name else {"items": items}, indent=2))
+    elif output == "yaml":
+        click.echo(yaml.safe_dump_all(items, sort_keys=False), nl=False)
+    else:
+        _print_table(_rows(rtype.name, items))
+
+
+def _rows(type_name: str, items: list[dict[str, Any]]) -> list[list[str]]:
+    from meshcast.resources import lookup_type
+
+    mesh_scoped = lookup_type(type_name).scope.value == "mesh"
+    header = (["MESH"] if mesh_scoped else []) + ["NAME"]
+    if type_name == "Mesh":
+        header += ["MTLS", "CERT TTL"]
+    elif type_name == "Dataplane":
+        header += ["ADDRESS", "SERVICES"]
+    header += ["VERSION", "MODIFIED"]
+    rows = [header]
+    for item in items:
+        spec = item.get("spec", {})
+        row = ([item.get("mesh", "")] if mesh_scoped else []) + [item["name"]]
+        if type_name == "Mesh":
+            mtls = spec.get("mtls") or {}
+            row += ["builtin" if mtls and mtls.get("enabled", True) else "off", mtls.get("certTTL", "-")]
+        elif type_name == "Dataplane":
+            row += [spec.get("address", ""), ",".join(sorted({i["service"] for i in spec.get("inbound", [])}))]
+        row += [str(item.get("version", "")), str(item.get("modificationTime", ""))]
+        rows.append(row)
+    return rows
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    if len(rows) == 1:
+        click.echo("No resources found.")
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@cli.command()
+@click.argument("type_name", metavar="TYPE")
+@click.argument("name")
+@click.option("-m", "--mesh", default="default", show_default=True, help="Mesh of the resource.")
+@pass_ctx
+def delete(ctx: Context, type_name: str, name: str, mesh: str) -> None:
+    """Delete the resource NAME of TYPE."""
+    from meshcast.resources import Scope
+
+    rtype = _type_or_fail(type_name)
+    if rtype.scope is Scope.MESH:
+        ctx.request("DELETE", f"/v1/meshes/{mesh}/{rtype.plural}/{name}")
+        click.echo(f"{rtype.name} {mesh}/{name} deleted")
+    else:
+        ctx.request("DELETE", f"/v1/{rtype.plural}/{name}")
+        click.echo(f"{rtype.name} {name} deleted")
+
+
+@cli.group()
+def inspect() -> None:
+    """Look at the live state of the mesh."""
+
+
+@inspect.command("dataplanes")
+@click.option("-m", "--mesh", default=None, help="Only this mesh.")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_ctx
+def inspect_dataplanes(ctx: Context, mesh: str | None, output: str) -> None:
+    """Dataplanes with their health, config version and certificate expiry."""
+    items = ctx.request("GET", "/v1/inspect/dataplanes" + (f"?mesh={mesh}" if mesh else ""))
+    if output == "json":
+        click.echo(json.dumps(items, indent=2))
+        return
+    rows = [["MESH", "NAME", "STATUS", "ADDRESS", "SERVICES", "CONNECTED", "CONFIG (SENT/ACKED)", "CERT EXPIRY"]]
+    for dp in items:
+        rows.append([
+            dp["mesh"], dp["name"], dp["status"], dp["address"], ",".join(dp["services"]),
+            "yes" if dp["connected"] else "no", f"{dp['sentVersion'] or '-'}/{dp['ackedVersion'] or '-'}",
+            dp["certificateExpiry"] or "-",
+        ])
+    _print_table(rows)
+
+
+@cli.group()
+def generate() -> None:
+    """Generate credentials."""
+
+
+@generate.command("dataplane-token")
+@click.option("-m", "--mesh", default="default", show_default=True)
+@click.option("-s", "--service", "services", multiple=True, required=True,
+              help="Service the dataplane may serve (repeat for several).")
+@click.option("--valid-for", default="24h", show_default=True, help="Lifetime, e.g. 30m, 24h, 720h.")
+@pass_ctx
+def dataplane_token(ctx: Context, mesh: str, services: tuple[str, ...], valid_for: str) -> None:
+    """Print a token a dataplane registers with. Only loopback callers get one unless the CP allows remote."""
+    body = {"mesh": mesh, "services": list(services), "validFor": valid_for}
+    click.echo(ctx.request("POST", "/v1/tokens/dataplane", json=body)["token"])
+
+
+@cli.command()
+@pass_ctx
+def version(ctx: Context) -> None:
+    """Print the client's version and, if reachable, the control plane's."""
+    click.echo(f"client: meshcast {meshcast.__version__}")
+    try:
+        info = ctx.request("GET", "/")
+        zone = f" (zone {info['zone']})" if info.get("zone") else ""
+        click.echo(f"control plane: {info['component']} {info['version']} at {ctx.cp}{zone}")
+    except click.ClickException as exc:
+        click.echo(f"control plane: unreachable ({exc.message})")
+
+
+# --- components -------------------------------------------------------------------------------------------------
+
+
+@cli.group("zone-cp")
+def zone_cp() -> None:
+    """The zone control plane."""
+
+
+@zone_cp.command("run")
+@click.option("--store", "store_kind", type=click.Choice(["memory", "etcd"]), default="memory", show_default=True)
+@click.option("--etcd-endpoints", default="http://127.0.0.1:2379", show_default=True,
+              help="Comma-separated etcd client URLs (with --store etcd).")
+@click.option("--etcd-prefix", default="/meshcast/v1/local/", show_default=True, help="Key prefix in etcd.")
+@click.option("--etcd-user", envvar="MESHCAST_ETCD_USER", default=None, help="etcd user (or MESHCAST_ETCD_USER).")
+@click.option("--etcd-password", envvar="MESHCAST_ETCD_PASSWORD", default=None,
+              help="etcd password (prefer MESHCAST_ETCD_PASSWORD).")
+@click.option("--api-addr", default="127.0.0.1:5681", show_default=True, help="Address of the HTTP API.")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/meshcast/zone"),
+              show_default=True, help="Where CA and token-signing keys are kept (0600).")
+@click.option("--zone", default="", help="Name of this zone.")
+@click.option("--heartbeat-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds of silence after which a dataplane leaves every endpoint list.")
+@click.option("--heartbeat-interval", type=float, default=2.0, show_default=True,
+              help="Seconds between heartbeats that sidecars are asked to send.")
+@click.option("--no-default-mesh", is_flag=True, help="Do not create the mesh 'default' on start.")
+@click.option("--allow-remote-admin", is_flag=True, help="Serve token issuing to non-loopback callers.")
+@click.option("--tls-cert", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--tls-key", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+def zone_cp_run(**options: Any) -> None:
+    """Run a zone control plane until SIGTERM or SIGINT."""
+    from meshcast.cli.run_zone import run_zone_cp
+
+    _logging(options.pop("log_level"))
+    run_zone_cp(**options)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("httpx", "httpcore", "hpack", "hypercorn.error"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except MeshcastError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Wire formats between processes: the config stream (zone CP <-> sidecar) and, later, the etcd keyspace."""

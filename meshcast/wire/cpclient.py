@@ -1,0 +1,102 @@
+"""What a dataplane (or a simulated one) uses to talk to its zone control plane: register, get a certificate,
+hold the config stream. Errors from the control plane surface as `ControlPlaneError` with its one-line message."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import trio
+
+from meshcast.errors import MeshcastError
+from meshcast.wire.configstream import ClientSession, MessageDecoder, SnapshotReceived
+from meshcast.wire.h2duplex import DuplexStream, open_duplex_stream
+
+
+class ControlPlaneError(MeshcastError):
+    def __init__(self, status: int, message: str) -> None:
+        self.http_status = status
+        super().__init__(message)
+
+
+def raise_for_error(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        message = str(response.json().get("error"))
+    except ValueError:
+        message = response.text.strip()[:200] or response.reason_phrase
+    raise ControlPlaneError(response.status_code, f"control plane answered {response.status_code}: {message}")
+
+
+class ControlPlaneClient:
+    def __init__(self, url: str, token: str, *, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self._auth = {"authorization": f"Bearer {token}"}
+        self._timeout = timeout
+
+    async def _request(self, method: str, path: str, json: Any = None) -> Any:
+        async with httpx.AsyncClient(base_url=self.url, timeout=self._timeout) as client:
+            response = await client.request(method, path, json=json, headers=self._auth)
+        raise_for_error(response)
+        return response.json() if response.content else None
+
+    async def register(self, dataplane: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("POST", "/v1/dataplanes/register", dict(dataplane))
+        return result
+
+    async def deregister(self, mesh: str, name: str) -> None:
+        await self._request("DELETE", f"/v1/dataplanes/{mesh}/{name}/registration")
+
+    async def sign_certificate(
+        self, mesh: str, name: str, csr_pem: bytes, service: str | None = None
+    ) -> dict[str, Any]:
+        body = {"csr": csr_pem.decode(), "service": service}
+        result: dict[str, Any] = await self._request("POST", f"/v1/dataplanes/{mesh}/{name}/certificate", body)
+        return result
+
+    @asynccontextmanager
+    async def config_stream(self, mesh: str, name: str) -> AsyncIterator[ConfigStream]:
+        async with open_duplex_stream(
+            self.url, f"/v1/dataplanes/{mesh}/{name}/stream", {**self._auth, "content-type": "application/x-ndjson"}
+        ) as duplex:
+            status = await duplex.wait_response()
+            if status != 200:
+                body = b""
+                with trio.move_on_after(2):
+                    while chunk := await duplex.receive():
+                        body += chunk
+                response = httpx.Response(status, content=body)
+                raise_for_error(response)
+            yield ConfigStream(duplex)
+
+
+class ConfigStream:
+    """The sidecar's end of one config stream: iterate `snapshots()`, answer each with `ack` or `nack`."""
+
+    def __init__(self, duplex: DuplexStream) -> None:
+        self._duplex = duplex
+        self._session = ClientSession()
+        self._decoder = MessageDecoder()
+
+    async def snapshots(self) -> AsyncIterator[SnapshotReceived]:
+        while True:
+            chunk = await self._duplex.receive()
+            if not chunk:
+                return
+            for message in self._decoder.feed(chunk):
+                if message.get("type") == "error":
+                    raise ControlPlaneError(410, str(message.get("error")))
+                yield self._session.receive(message)
+
+    async def ack(self, event: SnapshotReceived) -> None:
+        await self._duplex.send(self._session.ack(event))
+
+    async def nack(self, event: SnapshotReceived, error: str) -> None:
+        await self._duplex.send(self._session.nack(event, error))
+
+    async def heartbeat(self) -> None:
+        await self._duplex.send(self._session.heartbeat())
