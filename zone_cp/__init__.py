@@ -1,0 +1,1 @@
+"""Zone control plane: registers sidecars, issues their certificates, tracks their health, pushes their config."""

@@ -1,0 +1,395 @@
+"""The zone control plane's HTTP API (FastAPI on hypercorn's trio worker, HTTP/1.1 and HTTP/2).
+
+A thin layer: it authenticates, decodes, calls `ZoneControlPlane`, and maps `MeshcastError`s to statuses with a
+one-line JSON body `{"error": "...", "status": N}`. The config stream is a raw ASGI response because it is full
+duplex: acknowledgements arrive on the request body while snapshots leave on the response body.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import trio
+from fastapi import Body, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.types import Receive, Scope, Send
+
+import meshcast
+from meshcast.errors import Forbidden, MeshcastError, ValidationError, Violation
+from meshcast.resources import Resource, lookup_type, parse_resource
+from meshcast.resources.duration import parse_duration
+from meshcast.resources.model import Scope as ResourceScope
+from meshcast.wire.configstream import (
+    CONTENT_TYPE,
+    HeartbeatReceived,
+    MessageDecoder,
+    ProtocolError,
+    ServerSession,
+    SnapshotAcked,
+    SnapshotRejected,
+    encode_message,
+)
+from zone_cp.control_plane import StreamStatus, ZoneControlPlane
+
+log = logging.getLogger("meshcast.zone_cp.api")
+
+
+class TokenRequest(BaseModel):
+    mesh: str = "default"
+    services: list[str] = Field(min_length=1)
+    valid_for: str = Field(default="24h", alias="validFor")
+
+
+class CertificateRequest(BaseModel):
+    csr: str
+    service: str | None = None
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+def build_app(cp: ZoneControlPlane) -> FastAPI:
+    app = FastAPI(
+        title="Meshcast zone control plane",
+        version=meshcast.__version__,
+        description="Resources, dataplane registration, certificates and config streams of one zone.",
+    )
+
+    @app.exception_handler(MeshcastError)
+    async def _meshcast_error(request: Request, exc: MeshcastError) -> JSONResponse:
+        return _error(exc.http_status, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(400, f"{where or 'request'}: {first.get('msg', 'invalid')}")
+
+    def _require_admin(request: Request) -> None:
+        """Token issuing is an administrative act: loopback callers only, unless the operator allowed remote."""
+        if cp.config.allow_remote_admin:
+            return
+        host = request.client.host if request.client else ""
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                return
+        except ValueError:
+            pass
+        raise Forbidden("administrative endpoints are available from loopback only (see --allow-remote-admin)")
+
+    # --- index, health, metrics ------------------------------------------------------------------------------
+
+    @app.get("/", summary="Product, version and zone of this control plane")
+    async def index() -> dict[str, Any]:
+        return {"product": "meshcast", "component": "zone-cp", "version": meshcast.__version__,
+                "zone": cp.config.zone}
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: the store was loaded once and the API serves")
+    async def readyz() -> JSONResponse:
+        body = {"ready": cp.ready, "store": "ok" if cp.store_ok else "unreachable (serving last known state)"}
+        return JSONResponse(body, status_code=200 if cp.ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(cp.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # --- dataplanes (token-authenticated) ---------------------------------------------------------------------
+
+    @app.post("/v1/tokens/dataplane", summary="Issue a dataplane token (loopback callers only by default)")
+    async def issue_token(request: Request, body: TokenRequest) -> dict[str, str]:
+        _require_admin(request)
+        try:
+            valid_for = parse_duration(body.valid_for)
+        except ValueError as exc:
+            raise ValidationError("token request", [Violation("validFor", str(exc))]) from None
+        if valid_for <= timedelta(0):
+            raise ValidationError("token request", [Violation("validFor", "must be positive")])
+        for field in ("mesh", *body.services):
+            parse_resource({"type": "Zone", "name": field})  # the same DNS-label rule as names
+        return {"token": cp.issue_token(body.mesh, body.services, valid_for)}
+
+    @app.post("/v1/dataplanes/register", status_code=200, summary="Register (create or update) a Dataplane")
+    async def register(
+        doc: dict[str, Any] = Body(...), authorization: str | None = Header(default=None)
+    ) -> JSONResponse:
+        claims = cp.verify_token(authorization)
+        applied = await cp.register(claims, doc)
+        return JSONResponse(
+            {"result": applied.result, "resource": applied.resource.to_dict(),
+             "heartbeatInterval": cp.config.heartbeat_interval},
+            status_code=201 if applied.result == "created" else 200,
+        )
+
+    @app.delete("/v1/dataplanes/{mesh}/{name}/registration", status_code=204, summary="Deregister a Dataplane")
+    async def deregister(mesh: str, name: str, authorization: str | None = Header(default=None)) -> Response:
+        claims = cp.verify_token(authorization)
+        await cp.dataplane(claims, mesh, name)
+        await cp.delete("Dataplane", name, mesh)
+        return Response(status_code=204)
+
+    @app.post("/v1/dataplanes/{mesh}/{name}/certificate", summary="Sign a workload certificate from a CSR")
+    async def certificate(
+        mesh: str, name: str, body: CertificateRequest, authorization: str | None = Header(default=None)
+    ) -> dict[str, Any]:
+        claims = cp.verify_token(authorization)
+        return await cp.sign_certificate(claims, mesh, name, body.csr, body.service)
+
+    @app.post(
+        "/v1/dataplanes/{mesh}/{name}/stream",
+        summary="Config stream (HTTP/2, full duplex, newline-delimited JSON; see meshcast.wire.configstream)",
+    )
+    async def stream(mesh: str, name: str, authorization: str | None = Header(default=None)) -> Response:
+        claims = cp.verify_token(authorization)
+        await cp.dataplane(claims, mesh, name)
+        return ConfigStreamResponse(cp, mesh, name)
+
+    @app.get("/v1/inspect/dataplanes", summary="Dataplanes with their health and config-stream status")
+    async def inspect_dataplanes(mesh: str | None = None) -> list[dict[str, Any]]:
+        return cp.inspect_dataplanes(mesh)
+
+    # --- resources --------------------------------------------------------------------------------------------
+
+    @app.post("/v1/apply", summary="Create or update resources; all are validated before any is stored")
+    async def apply(docs: list[dict[str, Any]] | dict[str, Any] = Body(...)) -> list[dict[str, Any]]:
+        items = docs if isinstance(docs, list) else [docs]
+        return [{"result": a.result, "resource": a.resource.to_dict()} for a in await cp.apply(items)]
+
+    @app.get("/v1/watch", summary="Stream of resource changes after a revision (newline-delimited JSON)")
+    async def watch(
+        after: int | None = Query(default=None, ge=0), type: str | None = None, mesh: str | None = None
+    ) -> StreamingResponse:
+        type_name = lookup_type(type).name if type else None
+        after_revision = after if after is not None else await cp.store.revision()
+
+        async def events() -> AsyncIterator[bytes]:
+            async with cp.store.watch(after_revision=after_revision, type=type_name, mesh=mesh) as stream:
+                yield encode_message({"type": "watching", "after": after_revision})
+                async for event in stream:
+                    yield encode_message(
+                        {"type": event.kind.value, "revision": event.revision, "resourceType": event.type,
+                         "mesh": event.mesh, "name": event.name,
+                         "resource": event.resource.to_dict() if event.resource else None}
+                    )
+
+        return StreamingResponse(events(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/meshes/{mesh}/{plural}", summary="List resources of a type in a mesh")
+    async def list_in_mesh(mesh: str, plural: str) -> dict[str, Any]:
+        rtype = lookup_type(plural)
+        listing = await cp.store.list(rtype.name, mesh=mesh)
+        return {"items": [r.to_dict() for r in listing.items], "revision": listing.revision}
+
+    @app.get("/v1/meshes/{mesh}/{plural}/{name}", summary="Get a resource in a mesh")
+    async def get_in_mesh(mesh: str, plural: str, name: str) -> dict[str, Any]:
+        rtype = _mesh_scoped(plural)
+        return (await cp.store.get(rtype.name, name, mesh)).to_dict()
+
+    @app.put("/v1/meshes/{mesh}/{plural}/{name}", summary="Create or update a resource in a mesh")
+    async def put_in_mesh(
+        mesh: str, plural: str, name: str, doc: dict[str, Any] = Body(...),
+        if_match: str | None = Header(default=None),
+    ) -> JSONResponse:
+        rtype = _mesh_scoped(plural)
+        return await _put(rtype.name, name, mesh, doc, if_match)
+
+    @app.delete("/v1/meshes/{mesh}/{plural}/{name}", status_code=204, summary="Delete a resource in a mesh")
+    async def delete_in_mesh(mesh: str, plural: str, name: str) -> Response:
+        rtype = _mesh_scoped(plural)
+        await cp.delete(rtype.name, name, mesh)
+        return Response(status_code=204)
+
+    @app.get("/v1/{plural}", summary="List resources of a type (every mesh, or ?mesh=)")
+    async def list_all(plural: str, mesh: str | None = None) -> dict[str, Any]:
+        rtype = lookup_type(plural)
+        listing = await cp.store.list(rtype.name, mesh=mesh)
+        return {"items": [r.to_dict() for r in listing.items], "revision": listing.revision}
+
+    @app.get("/v1/{plural}/{name}", summary="Get a resource that is not inside a mesh (Mesh, Zone)")
+    async def get_global(plural: str, name: str) -> dict[str, Any]:
+        rtype = _global_scoped(plural)
+        return (await cp.store.get(rtype.name, name)).to_dict()
+
+    @app.put("/v1/{plural}/{name}", summary="Create or update a resource that is not inside a mesh")
+    async def put_global(
+        plural: str, name: str, doc: dict[str, Any] = Body(...), if_match: str | None = Header(default=None)
+    ) -> JSONResponse:
+        rtype = _global_scoped(plural)
+        return await _put(rtype.name, name, "", doc, if_match)
+
+    @app.delete("/v1/{plural}/{name}", status_code=204, summary="Delete a resource that is not inside a mesh")
+    async def delete_global(plural: str, name: str) -> Response:
+        rtype = _global_scoped(plural)
+        await cp.delete(rtype.name, name, "")
+        return Response(status_code=204)
+
+    async def _put(type_name: str, name: str, mesh: str, doc: dict[str, Any], if_match: str | None) -> JSONResponse:
+        doc = {**doc, "type": doc.get("type", type_name), "name": doc.get("name", name)}
+        if mesh:
+            doc.setdefault("mesh", mesh)
+        for field, expected in (("type", type_name), ("name", name), ("mesh", mesh or None)):
+            if expected is not None and doc.get(field) != expected:
+                raise ValidationError(f"{type_name} {name}", [
+                    Violation(field, f"{doc.get(field)!r} does not match the URL ({expected!r})")])
+        resource: Resource = parse_resource(doc)
+        await cp._check_references(resource)
+        applied = await cp.upsert(resource, if_version=if_match.strip('"') if if_match else None)
+        return JSONResponse(applied.resource.to_dict(), status_code=201 if applied.result == "created" else 200)
+
+    def _mesh_scoped(plural: str) -> Any:
+        rtype = lookup_type(plural)
+        if rtype.scope is not ResourceScope.MESH:
+            raise ValidationError("", [Violation("type", f"{rtype.name} is not inside a mesh: use /v1/{rtype.plural}")])
+        return rtype
+
+    def _global_scoped(plural: str) -> Any:
+        rtype = lookup_type(plural)
+        if rtype.scope is not ResourceScope.GLOBAL:
+            raise ValidationError("", [Violation(
+                "type", f"{rtype.name} is inside a mesh: use /v1/meshes/<mesh>/{rtype.plural}/<name>")])
+        return rtype
+
+    return app
+
+
+class ConfigStreamResponse(Response):
+    """Full-duplex config stream of one sidecar (protocol: meshcast.wire.configstream)."""
+
+    def __init__(self, cp: ZoneControlPlane, mesh: str, name: str) -> None:
+        super().__init__(status_code=200, media_type=CONTENT_TYPE)
+        self.cp, self.mesh, self.name = cp, mesh, name
+        self.key = (mesh, name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cp = self.cp
+        session = ServerSession()
+        status = cp.streams.setdefault(self.key, StreamStatus())
+        status.connected += 1
+        cp.metrics.connected.inc()
+        cp.heard_from(self.key)
+        sent_at: dict[str, float] = {}
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", CONTENT_TYPE.encode()), (b"cache-control", b"no-store")]})
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read, receive, session, status, sent_at, nursery.cancel_scope)
+                await self._push(send, session, status, sent_at)
+                nursery.cancel_scope.cancel()
+        finally:
+            status.connected -= 1
+            cp.metrics.connected.dec()
+        try:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except Exception:  # the client is gone; nothing left to tell it
+            log.debug("stream %s/%s closed by the client", self.mesh, self.name)
+
+    async def _push(self, send: Send, session: ServerSession, status: StreamStatus, sent_at: dict[str, float]) -> None:
+        cp = self.cp
+        opened = time.monotonic()
+        while True:
+            generation = cp.inventory.generation
+            snapshot = cp.inventory.snapshot_for(self.mesh, self.name)
+            if snapshot is None:
+                await send({"type": "http.response.body", "more_body": True, "body": encode_message(
+                    {"type": "error", "error": f"dataplane {self.mesh}/{self.name} is no longer registered"})})
+                return
+            data = session.offer(snapshot)
+            if data is not None:
+                # Latency counts from the change that produced this snapshot, or from the stream's opening for
+                # the first snapshot of a (re)connecting sidecar.
+                sent_at[session.sent_version or ""] = max(opened, cp.inventory.change_time(generation))
+                status.sent_version = session.sent_version
+                cp.metrics.pushes.labels(result="sent").inc()
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            await cp.wait_changed(generation)
+
+    async def _read(
+        self, receive: Receive, session: ServerSession, status: StreamStatus, sent_at: dict[str, float],
+        cancel: trio.CancelScope,
+    ) -> None:
+        cp = self.cp
+        decoder = MessageDecoder()
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                for msg in decoder.feed(message.get("body", b"")):
+                    cp.heard_from(self.key)
+                    event = session.receive(msg)
+                    if isinstance(event, SnapshotAcked):
+                        status.acked_version = event.version
+                        status.last_error = None
+                        cp.metrics.pushes.labels(result="acked").inc()
+                        started = sent_at.pop(event.version, None)
+                        if started is not None:
+                            cp.metrics.push_latency.observe(max(0.0, time.monotonic() - started))
+                    elif isinstance(event, SnapshotRejected):
+                        status.last_error = event.error
+                        cp.metrics.pushes.labels(result="rejected").inc()
+                        log.warning("dataplane %s/%s rejected config %s: %s", self.mesh, self.name,
+                                    event.version, event.error)
+                    elif isinstance(event, HeartbeatReceived):
+                        pass
+                if not message.get("more_body", False):
+                    break
+        except ProtocolError as exc:
+            log.warning("dataplane %s/%s broke the config-stream protocol: %s", self.mesh, self.name, exc)
+        cancel.cancel()
+
+
+async def serve_api(
+    cp: ZoneControlPlane, sock: socket.socket, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    config = HypercornConfig()
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("meshcast.zone_cp.http")
+    config.keep_alive_timeout = 75
+    config.h2_max_concurrent_streams = 10_000
+    if cp.config.tls_cert and cp.config.tls_key:
+        config.certfile = str(cp.config.tls_cert)
+        config.keyfile = str(cp.config.tls_key)
+    config.graceful_timeout = 2
+    app = _with_metrics(build_app(cp), cp)
+    await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+
+def _with_metrics(app: FastAPI, cp: ZoneControlPlane) -> Any:
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        code = [500]
+
+        async def send_status(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                code[0] = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            cp.metrics.api_requests.labels(method=scope["method"], route=template, code=str(code[0])).inc()
+
+    return wrapped
+
+
+__all__ = ["build_app", "serve_api"]

@@ -1,0 +1,34 @@
+"""Settings of a zone control plane (from the command line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ZoneCPConfig:
+    state_dir: Path
+    api_addr: str = "127.0.0.1:5681"
+    zone: str = ""
+    heartbeat_timeout: float = 10.0
+    heartbeat_interval: float = 2.0
+    create_default_mesh: bool = True
+    allow_remote_admin: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def split_host_port(addr: str, *, default_port: int) -> tuple[str, int]:
+    """'127.0.0.1:5681', '[::1]:5681', ':5681' or 'host' -> (host, port); ValueError with a clear reason."""
+    host, sep, port_text = addr.rpartition(":")
+    if not sep or "]" in port_text:
+        host, port_text = addr, str(default_port)
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"invalid address {addr!r}: the port must be a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"invalid address {addr!r}: the port must be between 0 and 65535")
+    return host, port

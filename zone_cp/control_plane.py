@@ -1,0 +1,404 @@
+"""The zone control plane: its domain operations and the long-lived tasks behind them.
+
+Theory of operation: `ZoneControlPlane.run` loads the store into the `Inventory` (list, then watch from the list's
+revision; on `WatchCompacted` or a store outage it lists again, while the inventory keeps the last known state so
+sidecars keep their config), sweeps heartbeats, and serves the HTTP API. Every config stream waits on
+`wait_changed`, a broadcast of inventory generations, then recomputes its sidecar's snapshot and sends it only if its
+digest changed. The API layer (`zone_cp.api`) is a thin translation of HTTP onto the methods here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import trio
+from cryptography import x509
+from prometheus_client import CollectorRegistry
+
+from meshcast.errors import (
+    AlreadyExists,
+    Conflict,
+    Forbidden,
+    MeshcastError,
+    NotFound,
+    StoreUnavailable,
+    ValidationError,
+    Violation,
+)
+from meshcast.pki import MeshCA, TokenClaims, TokenIssuer
+from meshcast.pki.tokens import KEY_FILE as TOKEN_KEY_FILE
+from meshcast.resources import Resource, Scope, lookup_type, parse_resource
+from meshcast.resources.model import DEFAULT_MESH
+from meshcast.resources.types import DataplaneSpec, MeshSpec, Mtls
+from meshcast.store import ResourceStore, WatchCompacted
+from zone_cp.config import ZoneCPConfig, split_host_port
+from zone_cp.health import HealthTracker
+from zone_cp.inventory import DPKey, Inventory
+from zone_cp.metrics import ZoneMetrics
+
+log = logging.getLogger("meshcast.zone_cp")
+
+
+@dataclass(frozen=True)
+class Applied:
+    resource: Resource
+    result: str  # created | updated | unchanged
+
+
+@dataclass
+class StreamStatus:
+    """What the control plane knows of one dataplane's config stream, for `inspect dataplanes`."""
+
+    connected: int = 0
+    sent_version: str | None = None
+    acked_version: str | None = None
+    last_error: str | None = None
+    certificate_expiry: str | None = None
+
+
+class CertificateAuthorities:
+    """One builtin CA per mesh, kept in `<state_dir>/ca/<mesh>/` (key file 0600), created when first needed."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._dir = state_dir / "ca"
+        self._cas: dict[str, MeshCA] = {}
+
+    def get(self, mesh: str) -> MeshCA:
+        ca = self._cas.get(mesh)
+        if ca is None:
+            path = self._dir / mesh
+            if (path / "ca.key").exists():
+                ca = MeshCA.load(path)
+            else:
+                ca = MeshCA.generate(mesh)
+                ca.save(path)
+                log.info("created the builtin CA of mesh %s", mesh)
+            self._cas[mesh] = ca
+        return ca
+
+
+class ZoneControlPlane:
+    """Owns the inventory, the health tracker, the CAs and the token issuer of one zone; serves its API."""
+
+    def __init__(
+        self, config: ZoneCPConfig, store: ResourceStore, *, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = ZoneMetrics(registry or CollectorRegistry())
+        self.inventory = Inventory(zone=config.zone, heartbeat_interval=config.heartbeat_interval)
+        self.health = HealthTracker(timeout=config.heartbeat_timeout)
+        self.cas = CertificateAuthorities(config.state_dir)
+        self.tokens = _token_issuer(config.state_dir / "tokens")
+        self.streams: dict[DPKey, StreamStatus] = {}
+        self.ready = False
+        self.store_ok = True
+        self.bound_port: int | None = None
+        self._changed = trio.Event()
+        self._health_changed = trio.Event()
+
+    # --- lifetime ---------------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        from zone_cp.api import serve_api
+
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.create_default_mesh:
+            await self._ensure_default_mesh()
+        sock = _bind(self.config.api_addr)
+        self.bound_port = sock.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._sync_store)
+            nursery.start_soon(self._sweep_health)
+            await nursery.start(serve_api, self, sock)
+            self.ready = True
+            log.info("zone control plane serving on port %s", self.bound_port)
+            task_status.started(self.bound_port)
+
+    async def _ensure_default_mesh(self) -> None:
+        spec = MeshSpec(mtls=Mtls(enabled=True, backend="builtin"))
+        for attempt in range(50):
+            try:
+                await self.store.create(Resource(type="Mesh", name=DEFAULT_MESH, spec=spec))
+                log.info("created mesh %s with builtin mTLS", DEFAULT_MESH)
+                return
+            except AlreadyExists:
+                return
+            except StoreUnavailable:
+                await trio.sleep(min(0.1 * 2**attempt, 2.0))
+        raise StoreUnavailable("could not create the default mesh: the store stayed unreachable")
+
+    async def _sync_store(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Mirror the store into the inventory forever; keep the last state while the store is unreachable."""
+        started = False
+        backoff = 0.05
+        while True:
+            try:
+                listing = await self.store.list()
+                self.inventory.reset(listing.items)
+                self._sync_health_with_inventory()
+                self._notify()
+                self.store_ok = True
+                if not started:
+                    started = True
+                    task_status.started()
+                backoff = 0.05
+                async with self.store.watch(after_revision=listing.revision) as events:
+                    async for event in events:
+                        if self.inventory.apply(event):
+                            self._sync_health_with_inventory()
+                            self._notify()
+            except WatchCompacted:
+                log.warning("store history compacted under the watch; listing again")
+            except StoreUnavailable as exc:
+                self.store_ok = False
+                self.metrics.store_errors.inc()
+                log.warning("store unavailable, serving the last known state: %s", exc)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _sync_health_with_inventory(self) -> None:
+        now = trio.current_time()
+        for key in self.inventory.dataplanes:
+            if key not in self.health.last_seen:
+                # A dataplane the store knows but this process has not heard from (e.g. after a restart of the
+                # control plane) gets one full timeout to reconnect before it leaves the endpoint lists.
+                self.health.seen(key, now)
+                self.inventory.set_healthy(key, True)
+        for key in list(self.health.last_seen):
+            if key not in self.inventory.dataplanes:
+                self.health.forget(key)
+                self.inventory.set_healthy(key, False)
+        self.metrics.healthy.set(len(self.health.alive))
+
+    async def _sweep_health(self) -> None:
+        while True:
+            deadline = self.health.next_deadline()
+            with trio.move_on_at(deadline + 0.01 if deadline is not None else math.inf):
+                await self._health_changed.wait()
+            expired = self.health.sweep(trio.current_time())
+            for key in expired:
+                log.info("dataplane %s/%s silent for %.0fs: removed from endpoints", *key, self.health.timeout)
+                self.inventory.set_healthy(key, False)
+            if expired:
+                self.metrics.healthy.set(len(self.health.alive))
+                self._notify()
+
+    def heard_from(self, key: DPKey) -> None:
+        if self.health.seen(key, trio.current_time()):
+            self.inventory.set_healthy(key, True)
+            self.metrics.healthy.set(len(self.health.alive))
+            self._health_changed.set()
+            self._health_changed = trio.Event()
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self, seen_generation: int) -> None:
+        while self.inventory.generation == seen_generation:
+            await self._changed.wait()
+
+    # --- resources ----------------------------------------------------------------------------------------------
+
+    async def apply(self, docs: list[Any]) -> list[Applied]:
+        """Validate every document first (all or nothing), then create or update each."""
+        resources = []
+        for index, doc in enumerate(docs):
+            try:
+                resources.append(parse_resource(doc))
+            except ValidationError as exc:
+                subject = exc.subject or f"document {index + 1}"
+                raise ValidationError(subject, exc.violations) from None
+        for resource in resources:
+            await self._check_references(resource)
+        return [await self.upsert(resource) for resource in resources]
+
+    async def upsert(self, resource: Resource, *, if_version: str | None = None) -> Applied:
+        for _ in range(10):
+            try:
+                current = await self.store.get(resource.type, resource.name, resource.mesh)
+            except NotFound:
+                if if_version is not None:
+                    raise
+                try:
+                    return Applied(await self.store.create(resource), "created")
+                except AlreadyExists:
+                    continue
+            if if_version is not None and current.version != if_version:
+                raise Conflict(f"{resource.describe()} is at version {current.version}, not {if_version}")
+            if current.same_content(resource):
+                return Applied(current, "unchanged")
+            try:
+                updated = Resource(
+                    type=resource.type, name=resource.name, mesh=resource.mesh, spec=resource.spec,
+                    labels=resource.labels, version=current.version,
+                )
+                return Applied(await self.store.update(updated), "updated")
+            except Conflict:
+                if if_version is not None:
+                    raise
+                continue
+        raise Conflict(f"{resource.describe()} keeps changing; try again")
+
+    async def _check_references(self, resource: Resource) -> None:
+        if resource.rtype.scope is Scope.MESH:
+            try:
+                await self.store.get("Mesh", resource.mesh)
+            except NotFound:
+                raise NotFound(f"{resource.describe()}: mesh {resource.mesh!r} does not exist") from None
+
+    async def delete(self, type_name: str, name: str, mesh: str) -> None:
+        rtype = lookup_type(type_name)
+        if rtype.name == "Mesh":
+            for other in _mesh_scoped_types():
+                listing = await self.store.list(other, mesh=name)
+                if listing.items:
+                    raise Conflict(
+                        f"mesh {name} still has {len(listing.items)} {other} resource(s): delete them first"
+                    )
+        await self.store.delete(rtype.name, name, mesh if rtype.scope is Scope.MESH else "")
+
+    # --- dataplanes -------------------------------------------------------------------------------------------
+
+    def verify_token(self, authorization: str | None) -> TokenClaims:
+        from meshcast.errors import Unauthorized
+
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise Unauthorized("missing dataplane token: send 'Authorization: Bearer <token>'")
+        return self.tokens.verify(authorization[7:].strip())
+
+    async def register(self, claims: TokenClaims, doc: Mapping[str, Any]) -> Applied:
+        resource = parse_resource(doc)
+        if resource.type != "Dataplane":
+            raise ValidationError(resource.describe(), [Violation("type", "only a Dataplane can register")])
+        self._authorize(claims, resource)
+        await self._check_references(resource)
+        try:
+            existing = await self.store.get("Dataplane", resource.name, resource.mesh)
+        except NotFound:
+            existing = None
+        if existing is not None:
+            # A token may not take over the name of another service's dataplane.
+            self._authorize(claims, existing)
+        applied = await self.upsert(resource)
+        self.metrics.registrations.labels(result=applied.result).inc()
+        self.heard_from((resource.mesh, resource.name))
+        return applied
+
+    @staticmethod
+    def _authorize(claims: TokenClaims, resource: Resource) -> None:
+        spec = resource.spec
+        assert isinstance(spec, DataplaneSpec)
+        if claims.mesh != resource.mesh:
+            raise Forbidden(f"the token is for mesh {claims.mesh!r}, not {resource.mesh!r}")
+        for service in spec.services:
+            if not claims.allows(resource.mesh, service):
+                allowed = ", ".join(claims.services)
+                raise Forbidden(f"the token does not allow service {service!r} (it allows: {allowed})")
+
+    async def dataplane(self, claims: TokenClaims, mesh: str, name: str) -> Resource:
+        try:
+            resource = await self.store.get("Dataplane", name, mesh)
+        except NotFound:
+            raise NotFound(f"dataplane {mesh}/{name} is not registered") from None
+        self._authorize(claims, resource)
+        return resource
+
+    async def sign_certificate(
+        self, claims: TokenClaims, mesh: str, name: str, csr_pem: str, service: str | None
+    ) -> dict[str, Any]:
+        resource = await self.dataplane(claims, mesh, name)
+        spec = resource.spec
+        assert isinstance(spec, DataplaneSpec)
+        service = service or spec.services[0]
+        if service not in spec.services:
+            raise Forbidden(f"dataplane {mesh}/{name} does not serve {service!r}")
+        mesh_spec = self.inventory.meshes.get(mesh)
+        if mesh_spec is None:
+            mesh_resource = await self.store.get("Mesh", mesh)
+            assert isinstance(mesh_resource.spec, MeshSpec)
+            mesh_spec = mesh_resource.spec
+        if not mesh_spec.mtls_enabled:
+            raise Conflict(f"mesh {mesh} has mTLS disabled: no certificate to issue")
+        ca = self.cas.get(mesh)
+        chain = ca.sign_workload_csr(csr_pem.encode(), service=service, mesh=mesh, ttl=mesh_spec.cert_ttl)
+        self.metrics.certificates.labels(mesh=mesh).inc()
+        self.heard_from((mesh, name))
+        status = self.streams.setdefault((mesh, name), StreamStatus())
+        leaf = x509.load_pem_x509_certificate(chain)
+        status.certificate_expiry = leaf.not_valid_after_utc.isoformat().replace("+00:00", "Z")
+        return {
+            "certificate": chain.decode(),
+            "trustBundle": ca.trust_bundle().decode(),
+            "spiffeId": f"spiffe://{mesh}/{service}",
+            "expiresAt": status.certificate_expiry,
+        }
+
+    def issue_token(self, mesh: str, services: list[str], valid_for: timedelta) -> str:
+        return self.tokens.issue(mesh=mesh, services=services, valid_for=valid_for)
+
+    def inspect_dataplanes(self, mesh: str | None = None) -> list[dict[str, Any]]:
+        now = trio.current_time()
+        out = []
+        for (dp_mesh, name), resource in sorted(self.inventory.dataplanes.items()):
+            if mesh is not None and dp_mesh != mesh:
+                continue
+            spec = resource.spec
+            assert isinstance(spec, DataplaneSpec)
+            status = self.streams.get((dp_mesh, name), StreamStatus())
+            seen = self.health.last_seen.get((dp_mesh, name))
+            out.append(
+                {
+                    "mesh": dp_mesh,
+                    "name": name,
+                    "address": spec.address,
+                    "services": spec.services,
+                    "status": "online" if (dp_mesh, name) in self.health.alive else "offline",
+                    "lastSeenSecondsAgo": None if seen is None else round(now - seen, 1),
+                    "connected": status.connected > 0,
+                    "sentVersion": status.sent_version,
+                    "ackedVersion": status.acked_version,
+                    "lastError": status.last_error,
+                    "certificateExpiry": status.certificate_expiry,
+                }
+            )
+        return out
+
+
+def _token_issuer(directory: Path) -> TokenIssuer:
+    """The zone's dataplane-token signing key, created (0600) on first start and kept across restarts."""
+    if (directory / TOKEN_KEY_FILE).exists():
+        return TokenIssuer.load(directory)
+    issuer = TokenIssuer.generate()
+    issuer.save(directory)
+    return issuer
+
+
+def _mesh_scoped_types() -> list[str]:
+    from meshcast.resources import resource_types
+
+    return [t.name for t in resource_types() if t.scope is Scope.MESH]
+
+
+def _bind(addr: str) -> socket.socket:
+    host, port = split_host_port(addr, default_port=5681)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise MeshcastError(f"cannot listen on {addr}: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock

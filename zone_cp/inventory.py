@@ -1,0 +1,151 @@
+"""What the zone knows of its meshes and dataplanes, and the snapshot each sidecar gets (pure, no IO).
+
+Theory of operation: the control plane feeds `Inventory` every store change (`apply`) and every health change
+(`set_healthy`). Each change bumps `generation` and records when it was observed, so stream sessions can tell they are
+behind and the push latency can be measured from the change itself. Endpoints per (mesh, service) are indexed on
+demand and cached until the next change, so computing the snapshots of N sidecars after one change costs
+O(N x outbounds), not O(N²).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from meshcast.resources import Resource
+from meshcast.resources.duration import format_duration
+from meshcast.resources.types import DataplaneSpec, MeshSpec
+from meshcast.store import EventKind, ResourceChanged
+
+DPKey = tuple[str, str]  # (mesh, name)
+
+
+class Inventory:
+    def __init__(self, *, zone: str = "", heartbeat_interval: float = 2.0) -> None:
+        self.zone = zone
+        self.heartbeat_interval = heartbeat_interval
+        self.meshes: dict[str, MeshSpec] = {}
+        self.dataplanes: dict[DPKey, Resource] = {}
+        self.healthy: set[DPKey] = set()
+        self.generation = 0
+        self.changed_at: dict[int, float] = {0: time.monotonic()}
+        self._index: dict[str, dict[str, list[dict[str, Any]]]] | None = None
+
+    # --- feeding ---------------------------------------------------------------------------------------------
+
+    def reset(self, resources: Iterable[Resource]) -> None:
+        self.meshes.clear()
+        self.dataplanes.clear()
+        for resource in resources:
+            self._put(resource)
+        self._bump()
+
+    def apply(self, event: ResourceChanged) -> bool:
+        """Apply one store change; True when it can change some sidecar's snapshot."""
+        if event.type not in ("Mesh", "Dataplane"):
+            return False
+        if event.kind is EventKind.DELETED:
+            if event.type == "Mesh":
+                self.meshes.pop(event.name, None)
+            else:
+                self.dataplanes.pop((event.mesh, event.name), None)
+        elif event.resource is not None:
+            self._put(event.resource)
+        self._bump()
+        return True
+
+    def set_healthy(self, key: DPKey, healthy: bool) -> None:
+        if (key in self.healthy) == healthy:
+            return
+        if healthy:
+            self.healthy.add(key)
+        else:
+            self.healthy.discard(key)
+        self._bump()
+
+    def _put(self, resource: Resource) -> None:
+        if resource.type == "Mesh":
+            assert isinstance(resource.spec, MeshSpec)
+            self.meshes[resource.name] = resource.spec
+        elif resource.type == "Dataplane":
+            self.dataplanes[(resource.mesh, resource.name)] = resource
+
+    def _bump(self) -> None:
+        self.generation += 1
+        self.changed_at[self.generation] = time.monotonic()
+        # Keep the recent past only: sessions more than 1,000 changes behind measure from the oldest kept.
+        if len(self.changed_at) > 1000:
+            for old in sorted(self.changed_at)[:-1000]:
+                del self.changed_at[old]
+        self._index = None
+
+    def change_time(self, generation: int) -> float:
+        return self.changed_at.get(generation) or min(self.changed_at.values())
+
+    # --- reading ----------------------------------------------------------------------------------------------
+
+    def endpoints(self, mesh: str, service: str) -> list[dict[str, Any]]:
+        if self._index is None:
+            self._index = self._build_index()
+        return self._index.get(mesh, {}).get(service, [])
+
+    def _build_index(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        index: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+        for key in sorted(self.healthy):
+            dataplane = self.dataplanes.get(key)
+            if dataplane is None:
+                continue
+            spec = dataplane.spec
+            assert isinstance(spec, DataplaneSpec)
+            for inbound in spec.inbound:
+                tags = {"service": inbound.service, **inbound.tags}
+                if self.zone:
+                    tags.setdefault("zone", self.zone)
+                index[key[0]][inbound.service].append(
+                    {
+                        "address": spec.address,
+                        "port": inbound.port,
+                        "protocol": inbound.protocol,
+                        "tags": tags,
+                        "dataplane": key[1],
+                    }
+                )
+        return index
+
+    def snapshot_for(self, mesh: str, name: str) -> dict[str, Any] | None:
+        """The whole configuration of one sidecar, or None if it is no longer registered."""
+        dataplane = self.dataplanes.get((mesh, name))
+        mesh_spec = self.meshes.get(mesh)
+        if dataplane is None or mesh_spec is None:
+            return None
+        spec = dataplane.spec
+        assert isinstance(spec, DataplaneSpec)
+        outbound = []
+        for out in spec.outbound:
+            endpoints = self.endpoints(mesh, out.service)
+            protocols = {e["protocol"] for e in endpoints}
+            outbound.append(
+                {
+                    "service": out.service,
+                    "address": out.address,
+                    "port": out.port,
+                    # A service whose instances disagree on the protocol is treated as opaque TCP.
+                    "protocol": protocols.pop() if len(protocols) == 1 else "tcp",
+                    "endpoints": endpoints,
+                }
+            )
+        return {
+            "mesh": mesh,
+            "dataplane": name,
+            "zone": self.zone,
+            "address": spec.address,
+            "mtls": {
+                "enabled": mesh_spec.mtls_enabled,
+                "certTTL": format_duration(mesh_spec.cert_ttl),
+            },
+            "inbound": [i.model_dump(mode="json", by_alias=True) for i in spec.inbound],
+            "outbound": outbound,
+            "heartbeatInterval": self.heartbeat_interval,
+        }

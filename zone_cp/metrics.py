@@ -1,0 +1,37 @@
+"""The zone control plane's Prometheus metrics, registered on a registry passed in (tests get a fresh one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ZoneMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.api_requests = Counter(
+            "meshcast_cp_api_requests", "API requests served", ["method", "route", "code"], registry=registry
+        )
+        self.connected = Gauge(
+            "meshcast_cp_connected_dataplanes", "Dataplanes with an open config stream", registry=registry
+        )
+        self.healthy = Gauge("meshcast_cp_healthy_dataplanes", "Dataplanes heard from recently", registry=registry)
+        self.pushes = Counter(
+            "meshcast_cp_config_pushes", "Config snapshots sent, acknowledged or rejected", ["result"],
+            registry=registry,
+        )
+        self.push_latency = Histogram(
+            "meshcast_cp_config_push_latency_seconds",
+            "From a change observed by the control plane to the sidecar's acknowledgement",
+            buckets=PUSH_BUCKETS, registry=registry,
+        )
+        self.certificates = Counter(
+            "meshcast_cp_certificates_issued", "Workload certificates signed", ["mesh"], registry=registry
+        )
+        self.registrations = Counter(
+            "meshcast_cp_registrations", "Dataplane registrations", ["result"], registry=registry
+        )
+        self.store_errors = Counter(
+            "meshcast_cp_store_errors", "Failed calls to the resource store", registry=registry
+        )
