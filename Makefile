@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test lint unit bench deps clean
 
 demo: deps $(STAMP)
-	$(BIN)/python -m meshcast.demo
+	$(BIN)/meshcast demo $(DEMO_ARGS)
 
 test: deps $(STAMP) lint
 	$(BIN)/pytest $(PYTEST_ARGS)

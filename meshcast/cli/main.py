@@ -240,6 +240,15 @@ def version(ctx: Context) -> None:
         click.echo(f"control plane: unreachable ({exc.message})")
 
 
+@cli.command()
+@click.option("--once", is_flag=True, help="Exit after the tour instead of running until Ctrl-C.")
+def demo(once: bool) -> None:
+    """Run a small mesh on this machine (loopback only) and show it."""
+    from meshcast.demo import run_demo
+
+    run_demo(once)
+
+
 # --- components -------------------------------------------------------------------------------------------------
 
 

@@ -160,6 +160,11 @@ async def open_duplex_stream(
                 yield stream
             finally:
                 nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The pump never raises, so a group holds only the caller's own exception: hand it back unwrapped.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     finally:
         with (
             trio.CancelScope(shield=True),

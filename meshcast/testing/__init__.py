@@ -1,0 +1,1 @@
+"""Support for tests and benchmarks: lightweight simulated dataplanes that speak the real protocols."""

@@ -1,0 +1,79 @@
+"""Run a real `meshcast zone-cp run` process for tests; stopped by PID in the fixture's finalizer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def meshcast_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "meshcast.cli.main", *args]
+
+
+class ZoneCPProcess:
+    def __init__(self, state_dir: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state_dir = state_dir
+        self.extra = list(extra)
+        self.log_path = state_dir.parent / f"zone-cp-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        cmd = meshcast_cmd("zone-cp", "run", "--api-addr", f"127.0.0.1:{self.port}",
+                           "--state-dir", str(self.state_dir), *self.extra)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the process owns it until it exits
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"zone CP exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=0.5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"zone CP not ready after {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "MESHCAST_CP": self.url}
+        return subprocess.run(meshcast_cmd(*args), input=stdin, capture_output=True, text=True, env=env, timeout=60)
+
+    def token(self, *services: str, mesh: str = "default", valid_for: str = "1h") -> str:
+        args = ["generate", "dataplane-token", "--mesh", mesh, "--valid-for", valid_for]
+        for service in services:
+            args += ["--service", service]
+        result = self.cli(*args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
