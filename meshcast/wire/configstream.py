@@ -35,9 +35,16 @@ class ProtocolError(Exception):
     """The peer broke the protocol; the stream must close."""
 
 
+def canonical_json(value: Mapping[str, Any]) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
 def snapshot_version(snapshot: Mapping[str, Any]) -> str:
     """Digest of the canonical JSON of a snapshot: equal content, equal version."""
-    canonical = json.dumps(snapshot, sort_keys=True, separators=(",", ":")).encode()
+    return _digest(canonical_json(snapshot))
+
+
+def _digest(canonical: bytes) -> str:
     return hashlib.sha256(canonical).hexdigest()[:16]
 
 
@@ -122,16 +129,17 @@ class ServerSession:
     acked_version: str | None = None
     rejected: dict[str, str] = field(default_factory=dict)
 
-    def offer(self, snapshot: Mapping[str, Any], version: str | None = None) -> bytes | None:
-        """Bytes to send for `snapshot`, or None when the sidecar already has (or refused) this version."""
-        version = version or snapshot_version(snapshot)
+    def offer(self, snapshot: Mapping[str, Any]) -> bytes | None:
+        """Bytes to send for `snapshot`, or None when the sidecar already has this version."""
+        # Serialize once: the canonical bytes give the version and are embedded as they are in the message.
+        canonical = canonical_json(snapshot)
+        version = _digest(canonical)
         if version == self.sent_version:
             return None
         self.sent_version = version
         self.sent_nonce = str(next(_nonces))
-        return encode_message(
-            {"type": "snapshot", "version": version, "nonce": self.sent_nonce, "snapshot": snapshot}
-        )
+        head = f'{{"type":"snapshot","version":"{version}","nonce":"{self.sent_nonce}","snapshot":'.encode()
+        return head + canonical + b"}\n"
 
     def receive(self, message: Mapping[str, Any]) -> ServerEvent | None:
         """Interpret one message from the sidecar; None for a stale ack (an older nonce)."""

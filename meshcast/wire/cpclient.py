@@ -3,6 +3,8 @@ hold the config stream. Errors from the control plane surface as `ControlPlaneEr
 
 from __future__ import annotations
 
+import functools
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +33,11 @@ def raise_for_error(response: httpx.Response) -> None:
     raise ControlPlaneError(response.status_code, f"control plane answered {response.status_code}: {message}")
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
 class ControlPlaneClient:
     def __init__(self, url: str, token: str, *, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
@@ -39,7 +46,9 @@ class ControlPlaneClient:
         self._timeout = timeout
 
     async def _request(self, method: str, path: str, json: Any = None) -> Any:
-        async with httpx.AsyncClient(base_url=self.url, timeout=self._timeout) as client:
+        # One short-lived client per call keeps no connection across trio runs; the TLS context, the costly part
+        # of a client, is built once per process and shared.
+        async with httpx.AsyncClient(base_url=self.url, timeout=self._timeout, verify=_tls_context()) as client:
             response = await client.request(method, path, json=json, headers=self._auth)
         raise_for_error(response)
         return response.json() if response.content else None

@@ -147,7 +147,7 @@ async def test_bad_tokens_are_refused(zone_cp: ZoneCPProcess) -> None:
         await ControlPlaneClient(zone_cp.url, other_key).register(doc)
     assert info.value.http_status == 401
     # Nothing was registered by any refused call.
-    listing = httpx.get(zone_cp.url + "/v1/dataplanes").json()
+    listing = (await zone_cp.aget("/v1/dataplanes")).json()
     assert listing["items"] == []
 
 
@@ -171,7 +171,7 @@ async def test_config_stream_pushes_endpoints_and_drops_silent_dataplanes(zone_c
         b2.heartbeats = False
         snap = await web.wait_for(lambda s: len(s["outbound"][0]["endpoints"]) == 1, within=10)
         assert snap["outbound"][0]["endpoints"][0]["dataplane"] == "backend-1"
-        inspect = json.loads(zone_cp.cli("inspect", "dataplanes", "-o", "json").stdout)
+        inspect = json.loads((await zone_cp.acli("inspect", "dataplanes", "-o", "json")).stdout)
         status = {d["name"]: d for d in inspect}
         assert status["backend-2"]["status"] == "offline"
         assert status["web-1"]["status"] == "online" and status["web-1"]["ackedVersion"] == web.version
@@ -179,7 +179,7 @@ async def test_config_stream_pushes_endpoints_and_drops_silent_dataplanes(zone_c
         b2.heartbeats = True
         await web.wait_for(lambda s: len(s["outbound"][0]["endpoints"]) == 2, within=10)
         nursery.cancel_scope.cancel()
-    metrics = httpx.get(url + "/metrics").text
+    metrics = (await zone_cp.aget("/metrics")).text
     assert 'meshcast_cp_config_pushes_total{result="acked"}' in metrics
 
 
