@@ -43,7 +43,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def one_run(cp: ZoneCPProcess, sidecars: int, rounds: int) -> list[float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far: robust against the noise of a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def one_run(cp: ZoneCPProcess, sidecars: int, rounds: int) -> tuple[list[float], float]:
     arrivals: dict[int, list[float]] = {}
     complete: dict[int, trio.Event] = {}
 
@@ -68,6 +74,8 @@ async def one_run(cp: ZoneCPProcess, sidecars: int, rounds: int) -> list[float]:
         for web in webs:
             await nursery.start(web.run)
         doc = _dp("backend-1", "backend", 10001, [])
+        assert cp.proc is not None
+        cpu_before = cpu_seconds(cp.proc.pid)
         for rev in range(rounds):
             doc["spec"]["inbound"][0]["tags"] = {"rev": str(rev)}
             arrivals.pop(rev, None)
@@ -79,8 +87,9 @@ async def one_run(cp: ZoneCPProcess, sidecars: int, rounds: int) -> list[float]:
                 await complete[rev].wait()
             samples += [t - start for t in arrivals[rev]]
             await trio.sleep(0.05)
+        cpu = cpu_seconds(cp.proc.pid) - cpu_before
         nursery.cancel_scope.cancel()
-    return samples
+    return samples, cpu
 
 
 def main() -> None:
@@ -92,13 +101,15 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"command: {' '.join(sys.argv)}")
-    p99s, p50s = [], []
+    p99s: list[float] = []
+    p50s: list[float] = []
+    cpus: list[float] = []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
             cp = ZoneCPProcess(Path(tmp) / "state", *args.cp_args)
             cp.start()
             try:
-                samples = trio.run(one_run, cp, args.sidecars, args.rounds)
+                samples, cpu = trio.run(one_run, cp, args.sidecars, args.rounds)
                 metrics = httpx.get(cp.url + "/metrics").text
             finally:
                 cp.stop()
@@ -108,10 +119,14 @@ def main() -> None:
         p99s.append(p99)
         count = next((line.split()[-1] for line in metrics.splitlines()
                       if line.startswith("meshcast_cp_config_push_latency_seconds_count")), "?")
+        per_push = cpu / (args.rounds * args.sidecars) * 1e6
+        cpus.append(per_push)
         print(f"run {run + 1}: {len(ms)} acks, p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms, "
-              f"max {max(ms):.1f} ms (CP histogram count {count})")
+              f"max {max(ms):.1f} ms; zone CP CPU {per_push:.0f} us per pushed snapshot "
+              f"(incl. heartbeats; CP histogram count {count})")
     print(f"median of {args.runs} runs: p50 {statistics.median(p50s):.1f} ms, p99 {statistics.median(p99s):.1f} ms "
-          f"({args.sidecars} sidecars, {args.rounds} changes per run)")
+          f"({args.sidecars} sidecars, {args.rounds} changes per run); "
+          f"zone CP CPU {statistics.median(cpus):.0f} us per pushed snapshot")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def run_demo(once: bool) -> None:
     log = open(DEMO_DIR / "zone-cp.log", "wb")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen(
         [sys.executable, "-m", "meshcast.cli.main", "zone-cp", "run", "--api-addr", f"127.0.0.1:{port}",
+         "--dp-addr", f"127.0.0.1:{_free_port(5678)}",
          "--state-dir", str(DEMO_DIR / "zone-state")],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -32,15 +31,9 @@ from meshcast.resources.duration import parse_duration
 from meshcast.resources.model import Scope as ResourceScope
 from meshcast.wire.configstream import (
     CONTENT_TYPE,
-    HeartbeatReceived,
-    MessageDecoder,
-    ProtocolError,
-    ServerSession,
-    SnapshotAcked,
-    SnapshotRejected,
     encode_message,
 )
-from zone_cp.control_plane import StreamStatus, ZoneControlPlane
+from zone_cp.control_plane import ZoneControlPlane
 
 log = logging.getLogger("meshcast.zone_cp.api")
 
@@ -94,7 +87,11 @@ def build_app(cp: ZoneControlPlane) -> FastAPI:
     @app.get("/", summary="Product, version and zone of this control plane")
     async def index() -> dict[str, Any]:
         return {"product": "meshcast", "component": "zone-cp", "version": meshcast.__version__,
-                "zone": cp.config.zone}
+                "zone": cp.config.zone, "dataplanePort": cp.dp_port}
+
+    def _config_stream(resource: Resource) -> dict[str, Any]:
+        """Where the sidecar holds its config stream: the dataplane server's port, on the host it reached us at."""
+        return {"port": cp.dp_port, "path": f"/v1/dataplanes/{resource.mesh}/{resource.name}/stream"}
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:
@@ -130,7 +127,7 @@ def build_app(cp: ZoneControlPlane) -> FastAPI:
         applied = await cp.register(claims, doc)
         return JSONResponse(
             {"result": applied.result, "resource": applied.resource.to_dict(),
-             "heartbeatInterval": cp.config.heartbeat_interval},
+             "heartbeatInterval": cp.config.heartbeat_interval, "configStream": _config_stream(applied.resource)},
             status_code=201 if applied.result == "created" else 200,
         )
 
@@ -147,15 +144,6 @@ def build_app(cp: ZoneControlPlane) -> FastAPI:
     ) -> dict[str, Any]:
         claims = cp.verify_token(authorization)
         return await cp.sign_certificate(claims, mesh, name, body.csr, body.service)
-
-    @app.post(
-        "/v1/dataplanes/{mesh}/{name}/stream",
-        summary="Config stream (HTTP/2, full duplex, newline-delimited JSON; see meshcast.wire.configstream)",
-    )
-    async def stream(mesh: str, name: str, authorization: str | None = Header(default=None)) -> Response:
-        claims = cp.verify_token(authorization)
-        await cp.dataplane(claims, mesh, name)
-        return ConfigStreamResponse(cp, mesh, name)
 
     @app.get("/v1/inspect/dataplanes", summary="Dataplanes with their health and config-stream status")
     async def inspect_dataplanes(mesh: str | None = None) -> list[dict[str, Any]]:
@@ -263,92 +251,6 @@ def build_app(cp: ZoneControlPlane) -> FastAPI:
         return rtype
 
     return app
-
-
-class ConfigStreamResponse(Response):
-    """Full-duplex config stream of one sidecar (protocol: meshcast.wire.configstream)."""
-
-    def __init__(self, cp: ZoneControlPlane, mesh: str, name: str) -> None:
-        super().__init__(status_code=200, media_type=CONTENT_TYPE)
-        self.cp, self.mesh, self.name = cp, mesh, name
-        self.key = (mesh, name)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        cp = self.cp
-        session = ServerSession()
-        status = cp.streams.setdefault(self.key, StreamStatus())
-        status.connected += 1
-        cp.metrics.connected.inc()
-        cp.heard_from(self.key)
-        sent_at: dict[str, float] = {}
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", CONTENT_TYPE.encode()), (b"cache-control", b"no-store")]})
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read, receive, session, status, sent_at, nursery.cancel_scope)
-                await self._push(send, session, status, sent_at)
-                nursery.cancel_scope.cancel()
-        finally:
-            status.connected -= 1
-            cp.metrics.connected.dec()
-        try:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except Exception:  # the client is gone; nothing left to tell it
-            log.debug("stream %s/%s closed by the client", self.mesh, self.name)
-
-    async def _push(self, send: Send, session: ServerSession, status: StreamStatus, sent_at: dict[str, float]) -> None:
-        cp = self.cp
-        opened = time.monotonic()
-        while True:
-            generation = cp.inventory.generation
-            snapshot = cp.inventory.snapshot_for(self.mesh, self.name)
-            if snapshot is None:
-                await send({"type": "http.response.body", "more_body": True, "body": encode_message(
-                    {"type": "error", "error": f"dataplane {self.mesh}/{self.name} is no longer registered"})})
-                return
-            data = session.offer(snapshot)
-            if data is not None:
-                # Latency counts from the change that produced this snapshot, or from the stream's opening for
-                # the first snapshot of a (re)connecting sidecar.
-                sent_at[session.sent_version or ""] = max(opened, cp.inventory.change_time(generation))
-                status.sent_version = session.sent_version
-                cp.metrics.pushes.labels(result="sent").inc()
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            await cp.wait_changed(generation)
-
-    async def _read(
-        self, receive: Receive, session: ServerSession, status: StreamStatus, sent_at: dict[str, float],
-        cancel: trio.CancelScope,
-    ) -> None:
-        cp = self.cp
-        decoder = MessageDecoder()
-        try:
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    break
-                for msg in decoder.feed(message.get("body", b"")):
-                    cp.heard_from(self.key)
-                    event = session.receive(msg)
-                    if isinstance(event, SnapshotAcked):
-                        status.acked_version = event.version
-                        status.last_error = None
-                        cp.metrics.pushes.labels(result="acked").inc()
-                        started = sent_at.pop(event.version, None)
-                        if started is not None:
-                            cp.metrics.push_latency.observe(max(0.0, time.monotonic() - started))
-                    elif isinstance(event, SnapshotRejected):
-                        status.last_error = event.error
-                        cp.metrics.pushes.labels(result="rejected").inc()
-                        log.warning("dataplane %s/%s rejected config %s: %s", self.mesh, self.name,
-                                    event.version, event.error)
-                    elif isinstance(event, HeartbeatReceived):
-                        pass
-                if not message.get("more_body", False):
-                    break
-        except ProtocolError as exc:
-            log.warning("dataplane %s/%s broke the config-stream protocol: %s", self.mesh, self.name, exc)
-        cancel.cancel()
 
 
 async def serve_api(

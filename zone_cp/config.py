@@ -10,6 +10,7 @@ from pathlib import Path
 class ZoneCPConfig:
     state_dir: Path
     api_addr: str = "127.0.0.1:5681"
+    dp_addr: str = "127.0.0.1:5678"
     zone: str = ""
     heartbeat_timeout: float = 10.0
     heartbeat_interval: float = 2.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -101,6 +102,7 @@ class ZoneControlPlane:
         self.ready = False
         self.store_ok = True
         self.bound_port: int | None = None
+        self.dp_port: int | None = None
         self._changed = trio.Event()
         self._health_changed = trio.Event()
 
@@ -112,15 +114,31 @@ class ZoneControlPlane:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         if self.config.create_default_mesh:
             await self._ensure_default_mesh()
-        sock = _bind(self.config.api_addr)
+        from zone_cp.dpserver import DataplaneServer
+
+        sock = _bind(self.config.api_addr, default_port=5681)
+        dp_sock = _bind(self.config.dp_addr, default_port=5678)
         self.bound_port = sock.getsockname()[1]
+        self.dp_port = dp_sock.getsockname()[1]
         async with trio.open_nursery() as nursery:
             await nursery.start(self._sync_store)
             nursery.start_soon(self._sweep_health)
+            await nursery.start(DataplaneServer(self, dp_sock, ssl_context=self._server_ssl_context()).run)
             await nursery.start(serve_api, self, sock)
             self.ready = True
             log.info("zone control plane serving on port %s", self.bound_port)
             task_status.started(self.bound_port)
+
+    def _server_ssl_context(self) -> ssl.SSLContext | None:
+        if not (self.config.tls_cert and self.config.tls_key):
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return context
+
+    def stream_status(self, key: DPKey) -> StreamStatus:
+        return self.streams.setdefault(key, StreamStatus())
 
     async def _ensure_default_mesh(self) -> None:
         spec = MeshSpec(mtls=Mtls(enabled=True, backend="builtin"))
@@ -389,8 +407,8 @@ def _mesh_scoped_types() -> list[str]:
     return [t.name for t in resource_types() if t.scope is Scope.MESH]
 
 
-def _bind(addr: str) -> socket.socket:
-    host, port = split_host_port(addr, default_port=5681)
+def _bind(addr: str, *, default_port: int) -> socket.socket:
+    host, port = split_host_port(addr, default_port=default_port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -266,6 +266,8 @@ def zone_cp() -> None:
 @click.option("--etcd-password", envvar="MESHCAST_ETCD_PASSWORD", default=None,
               help="etcd password (prefer MESHCAST_ETCD_PASSWORD).")
 @click.option("--api-addr", default="127.0.0.1:5681", show_default=True, help="Address of the HTTP API.")
+@click.option("--dp-addr", default="127.0.0.1:5678", show_default=True,
+              help="Address of the dataplane server (sidecars' config streams).")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/meshcast/zone"),
               show_default=True, help="Where CA and token-signing keys are kept (0600).")
 @click.option("--zone", default="", help="Name of this zone.")

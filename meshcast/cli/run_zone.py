@@ -36,22 +36,23 @@ async def _until_signal(cancel: trio.CancelScope) -> None:
 
 def run_zone_cp(
     *, store_kind: str, etcd_endpoints: str, etcd_prefix: str, etcd_user: str | None, etcd_password: str | None,
-    api_addr: str, state_dir: Path, zone: str, heartbeat_timeout: float, heartbeat_interval: float,
+    api_addr: str, dp_addr: str, state_dir: Path, zone: str, heartbeat_timeout: float, heartbeat_interval: float,
     no_default_mesh: bool, allow_remote_admin: bool, tls_cert: Path | None, tls_key: Path | None,
 ) -> None:
     from zone_cp.config import ZoneCPConfig, split_host_port
     from zone_cp.control_plane import ZoneControlPlane
 
-    try:
-        split_host_port(api_addr, default_port=5681)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--api-addr") from None
+    for flag, value in (("--api-addr", api_addr), ("--dp-addr", dp_addr)):
+        try:
+            split_host_port(value, default_port=5681)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=flag) from None
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
     if heartbeat_timeout <= heartbeat_interval:
         raise click.BadParameter("must be longer than --heartbeat-interval", param_hint="--heartbeat-timeout")
     config = ZoneCPConfig(
-        state_dir=state_dir, api_addr=api_addr, zone=zone, heartbeat_timeout=heartbeat_timeout,
+        state_dir=state_dir, api_addr=api_addr, dp_addr=dp_addr, zone=zone, heartbeat_timeout=heartbeat_timeout,
         heartbeat_interval=heartbeat_interval, create_default_mesh=not no_default_mesh,
         allow_remote_admin=allow_remote_admin, tls_cert=tls_cert, tls_key=tls_key,
     )

@@ -8,6 +8,7 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -44,6 +45,7 @@ class ControlPlaneClient:
         self.token = token
         self._auth = {"authorization": f"Bearer {token}"}
         self._timeout = timeout
+        self.stream_url: str | None = None
 
     async def _request(self, method: str, path: str, json: Any = None) -> Any:
         # One short-lived client per call keeps no connection across trio runs; the TLS context, the costly part
@@ -55,7 +57,21 @@ class ControlPlaneClient:
 
     async def register(self, dataplane: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self._request("POST", "/v1/dataplanes/register", dict(dataplane))
+        self.stream_url = self._url_with_port(result["configStream"]["port"])
         return result
+
+    def _url_with_port(self, port: int) -> str:
+        """The dataplane server listens on its own port of the host this client reaches the API at."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return f"{parts.scheme}://{host}:{port}"
+
+    async def _discover_stream_url(self) -> str:
+        if self.stream_url is None:
+            index = await self._request("GET", "/")
+            self.stream_url = self._url_with_port(int(index["dataplanePort"]))
+        return self.stream_url
 
     async def deregister(self, mesh: str, name: str) -> None:
         await self._request("DELETE", f"/v1/dataplanes/{mesh}/{name}/registration")
@@ -69,8 +85,9 @@ class ControlPlaneClient:
 
     @asynccontextmanager
     async def config_stream(self, mesh: str, name: str) -> AsyncIterator[ConfigStream]:
+        url = await self._discover_stream_url()
         async with open_duplex_stream(
-            self.url, f"/v1/dataplanes/{mesh}/{name}/stream", {**self._auth, "content-type": "application/x-ndjson"}
+            url, f"/v1/dataplanes/{mesh}/{name}/stream", {**self._auth, "content-type": "application/x-ndjson"}
         ) as duplex:
             status = await duplex.wait_response()
             if status != 200:

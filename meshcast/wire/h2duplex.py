@@ -18,6 +18,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 import trio
 
 
@@ -143,6 +144,10 @@ async def open_duplex_stream(
             await tls_stream.do_handshake()
             sock = tls_stream
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    # Large windows: a snapshot of a big mesh arrives without waiting for window updates.
+    conn.local_settings = h2.settings.Settings(
+        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 16 * 1024 * 1024}
+    )
     conn.initiate_connection()
     conn.increment_flow_control_window(16 * 1024 * 1024)
     stream_id = conn.get_next_available_stream_id()

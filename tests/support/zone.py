@@ -33,7 +33,7 @@ class ZoneCPProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> None:
-        cmd = meshcast_cmd("zone-cp", "run", "--api-addr", f"127.0.0.1:{self.port}",
+        cmd = meshcast_cmd("zone-cp", "run", "--api-addr", f"127.0.0.1:{self.port}", "--dp-addr", "127.0.0.1:0",
                            "--state-dir", str(self.state_dir), *self.extra)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the process owns it until it exits
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -69,6 +69,16 @@ class ZoneCPProcess:
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "MESHCAST_CP": self.url}
         return subprocess.run(meshcast_cmd(*args), input=stdin, capture_output=True, text=True, env=env, timeout=60)
+
+    async def acli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`cli` from a trio test, in a thread, so tasks such as heartbeats keep running meanwhile."""
+        import trio
+
+        return await trio.to_thread.run_sync(lambda: self.cli(*args))
+
+    async def aget(self, path: str) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.url, timeout=10) as client:
+            return await client.get(path)
 
     def token(self, *services: str, mesh: str = "default", valid_for: str = "1h") -> str:
         args = ["generate", "dataplane-token", "--mesh", mesh, "--valid-for", valid_for]
