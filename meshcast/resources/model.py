@@ -10,6 +10,7 @@ with its field path; it raises only `meshcast.errors.ValidationError`.
 from __future__ import annotations
 
 import enum
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -168,11 +169,14 @@ def parse_resource(doc: object, *, default_mesh: str = DEFAULT_MESH, keep_meta: 
         known = ", ".join(sorted(_REGISTRY))
         raise ValidationError("", [Violation("type", f"unknown resource type {type_name!r} (known: {known})")])
     raw_name = doc.get("name")
-    subject = f"{type_name} {raw_name}" if isinstance(raw_name, str) and raw_name else type_name
+    printable = isinstance(raw_name, str) and raw_name.isprintable() and 0 < len(raw_name) <= 253
+    subject = f"{type_name} {raw_name}" if printable else type_name
     violations: list[Violation] = []
     for key in doc:
         if key not in _ENVELOPE_FIELDS:
-            violations.append(Violation(str(key), "unknown field (expected type, name, mesh, labels, spec)"))
+            violations.append(
+                Violation(format_loc([str(key)]), "unknown field (expected type, name, mesh, labels, spec)")
+            )
     violations += _check_label(raw_name, "name", "name")
     mesh = doc.get("mesh")
     if rtype.scope is Scope.GLOBAL:
@@ -231,9 +235,14 @@ def format_loc(loc: Iterable[int | str], prefix: str = "") -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif _PLAIN_KEY.fullmatch(part):
+            out += f".{part}" if out else part
         else:
-            out += f".{part}" if out else str(part)
+            out += f"[{json.dumps(part)}]"  # a key with spaces, dots or control characters stays on one line
     return out
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 _TYPE_WORDS = {
