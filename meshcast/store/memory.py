@@ -99,32 +99,44 @@ class MemoryStore:
     async def watch(
         self, *, after_revision: int, type: str | None = None, mesh: str | None = None
     ) -> AsyncIterator[AsyncIterator[ResourceChanged]]:
-        events = self._follow(after_revision, type, mesh)
-        try:
-            yield events
-        finally:
-            await events.aclose()  # type: ignore[attr-defined]
-
-    async def _follow(self, after: int, type: str | None, mesh: str | None) -> AsyncIterator[ResourceChanged]:
-        position = after
-        while True:
-            if self._closed:
-                return
-            oldest = self._log[0].revision if self._log else self._revision + 1
-            if position + 1 < oldest and position < self._revision:
-                raise WatchCompacted(position + 1, oldest)
-            if position < self._revision:
-                # Revisions in the log are contiguous, so the next event sits at a computable index.
-                for event in list(self._log)[max(0, position + 1 - oldest):]:
-                    position = event.revision
-                    if matches(event, type, mesh):
-                        yield event
-                continue
-            await self._changed.wait()
+        yield _Follower(self, after_revision, type, mesh)
 
     async def aclose(self) -> None:
         self._closed = True
         self._changed.set()
+
+
+class _Follower:
+    """Iterates the store's history from a revision. A class rather than an async generator, so that cancelling
+    one `__anext__` (say, under `move_on_after`) leaves the watch usable, as the etcd watch is."""
+
+    def __init__(self, store: MemoryStore, after: int, type: str | None, mesh: str | None) -> None:
+        self._store = store
+        self._position = after
+        self._type = type
+        self._mesh = mesh
+
+    def __aiter__(self) -> _Follower:
+        return self
+
+    async def __anext__(self) -> ResourceChanged:
+        store = self._store
+        # The only awaits are here and the wait below, before or without any change of position: a cancelled
+        # call loses no event.
+        await trio.lowlevel.checkpoint()
+        while True:
+            if store._closed:
+                raise StopAsyncIteration
+            oldest = store._log[0].revision if store._log else store._revision + 1
+            if self._position + 1 < oldest and self._position < store._revision:
+                raise WatchCompacted(self._position + 1, oldest)
+            # Revisions in the log are contiguous, so the next event sits at a computable index.
+            while self._position < store._revision:
+                event = store._log[self._position + 1 - oldest]
+                self._position = event.revision
+                if matches(event, self._type, self._mesh):
+                    return event
+            await store._changed.wait()
 
 
 def _where(mesh: str, name: str) -> str:
