@@ -12,6 +12,7 @@ samples, per run, and the median of the runs.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import statistics
@@ -74,6 +75,7 @@ async def one_run(cp: ZoneCPProcess, sidecars: int, rounds: int) -> tuple[list[f
         for web in webs:
             await nursery.start(web.run)
         doc = _dp("backend-1", "backend", 10001, [])
+        gc.freeze()  # the simulated sidecars live for the whole run, as the control plane's own state does
         assert cp.proc is not None
         cpu_before = cpu_seconds(cp.proc.pid)
         for rev in range(rounds):

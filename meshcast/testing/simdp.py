@@ -21,7 +21,7 @@ class SimDataplane:
         token: str,
         dataplane: Mapping[str, Any],
         *,
-        heartbeat_interval: float = 1.0,
+        heartbeat_interval: float | None = None,
         want_certificate: bool = False,
         on_snapshot: Callable[[SnapshotReceived, float], None] | None = None,
     ) -> None:
@@ -40,7 +40,9 @@ class SimDataplane:
         self._changed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.client.register(self.doc)
+        registered = await self.client.register(self.doc)
+        if self.heartbeat_interval is None:  # as a real sidecar does: the interval the control plane asks for
+            self.heartbeat_interval = float(registered["heartbeatInterval"])
         if self.want_certificate:
             key = generate_workload_key()
             service = self.doc["spec"]["inbound"][0]["service"]
@@ -65,7 +67,7 @@ class SimDataplane:
 
     async def _heartbeat(self, stream: Any) -> None:
         while True:
-            await trio.sleep(self.heartbeat_interval)
+            await trio.sleep(self.heartbeat_interval or 1.0)
             if self.heartbeats:
                 await stream.heartbeat()
 
