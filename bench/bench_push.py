@@ -70,6 +70,8 @@ async def one_run(cp: ZoneCPProcess, sidecars: int, rounds: int) -> tuple[list[f
     webs = [SimDataplane(cp.url, web_token, _dp(f"web-{i}", "web", 11000 + i, ["backend"]), on_snapshot=seen)
             for i in range(sidecars)]
     samples: list[float] = []
+    put_times: list[float] = []
+    firsts: list[float] = []
     async with trio.open_nursery() as nursery, httpx.AsyncClient(base_url=cp.url, timeout=30) as api:
         await nursery.start(backend.run)
         for web in webs:
@@ -85,12 +87,16 @@ async def one_run(cp: ZoneCPProcess, sidecars: int, rounds: int) -> tuple[list[f
             start = time.monotonic()
             response = await api.put("/v1/meshes/default/dataplanes/backend-1", json=doc)
             response.raise_for_status()
+            put_times.append(time.monotonic() - start)
             with trio.fail_after(30):
                 await complete[rev].wait()
             samples += [t - start for t in arrivals[rev]]
+            firsts.append(min(arrivals[rev]) - start)
             await trio.sleep(0.05)
         cpu = cpu_seconds(cp.proc.pid) - cpu_before
         nursery.cancel_scope.cancel()
+    print(f"  API PUT round trip: median {statistics.median(put_times) * 1000:.1f} ms; "
+          f"first sidecar's snapshot: median {statistics.median(firsts) * 1000:.1f} ms")
     return samples, cpu
 
 

@@ -34,6 +34,7 @@ import trio
 
 from meshcast.errors import MeshcastError, NotFound
 from meshcast.wire.configstream import CONTENT_TYPE, ProtocolError
+from meshcast.wire.leanio import LeanSocketStream
 from zone_cp.control_plane import ZoneControlPlane
 from zone_cp.streams import StreamHandler
 
@@ -56,12 +57,22 @@ class DataplaneServer:
             ssl_context.set_alpn_protocols(["h2"])
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(self.sock))
+        self.sock.setblocking(False)
         async with trio.open_nursery() as nursery:
             task_status.started()
-            await trio.serve_listeners(self._serve, [listener], handler_nursery=nursery)
+            while True:
+                try:
+                    conn, _ = self.sock.accept()
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(self.sock)
+                    continue
+                except OSError as exc:  # e.g. EMFILE: back off instead of spinning
+                    log.warning("accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(self._serve, LeanSocketStream(conn))
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
+    async def _serve(self, stream: LeanSocketStream) -> None:
         conn_stream: trio.abc.Stream = stream
         try:
             if self.ssl_context is not None:
@@ -101,10 +112,20 @@ class _Connection:
         self.window_open: dict[int, trio.Event] = {}
 
     async def flush(self) -> None:
-        async with self.write_lock:
+        # Take the lock without a checkpoint when it is free, so the bytes reach the socket before this task
+        # yields: otherwise every woken stream computes its snapshot before the first one is written.
+        if self.write_lock.locked():
+            await self.write_lock.acquire()
+        else:
+            self.write_lock.acquire_nowait()
+        try:
             data = self.conn.data_to_send()
             if data:
                 await self.stream.send_all(data)
+            else:
+                await trio.lowlevel.checkpoint()
+        finally:
+            self.write_lock.release()
 
     async def run(self) -> None:
         self.conn.initiate_connection()

@@ -21,6 +21,8 @@ import h2.exceptions
 import h2.settings
 import trio
 
+from meshcast.wire.leanio import open_lean_tcp_stream
+
 
 class StreamClosed(Exception):
     """The server ended or reset the stream, or the connection broke."""
@@ -40,10 +42,20 @@ class DuplexStream:
         self._error: str | None = None
 
     async def _flush(self) -> None:
-        data = self._conn.data_to_send()
-        if data:
-            async with self._write_lock:
+        # Bytes are taken from h2 under the lock, so frames from concurrent tasks keep h2's order; a free lock is
+        # taken without a checkpoint so the write happens before this task yields.
+        if self._write_lock.locked():
+            await self._write_lock.acquire()
+        else:
+            self._write_lock.acquire_nowait()
+        try:
+            data = self._conn.data_to_send()
+            if data:
                 await self._sock.send_all(data)
+            else:
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._write_lock.release()
 
     async def send(self, data: bytes, *, end: bool = False) -> None:
         view = memoryview(data)
@@ -136,7 +148,7 @@ async def open_duplex_stream(
     tls = parts.scheme == "https"
     port = parts.port or (443 if tls else 80)
     with trio.fail_after(connect_timeout):
-        sock: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+        sock: trio.abc.Stream = await open_lean_tcp_stream(host, port)
         if tls:
             context = ssl_context or ssl.create_default_context()
             context.set_alpn_protocols(["h2"])
