@@ -6,7 +6,7 @@ calls (a tag on backend-1) through the API and records, per sidecar, the time fr
 that sidecar has received and acknowledged the snapshot that carries the change. Prints p50/p90/p99/max over all
 samples, per run, and the median of the runs.
 
-    .venv/bin/python bench/bench_push.py [--sidecars 100] [--rounds 30] [--runs 3] [--store memory|etcd ...]
+    .venv/bin/python bench/bench_push.py [--sidecars 100] [--rounds 30] [--runs 3] [--etcd]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from meshcast.testing.simdp import SimDataplane
 from meshcast.wire.configstream import SnapshotReceived
+from tests.support.etcd import EtcdProcess
 from tests.support.zone import ZoneCPProcess
 
 
@@ -105,7 +106,7 @@ def main() -> None:
     parser.add_argument("--sidecars", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("cp_args", nargs="*", help="extra zone-cp arguments, e.g. --store etcd --etcd-endpoints URL")
+    parser.add_argument("--etcd", action="store_true", help="run the zone CP on the etcd store (a local etcd-server)")
     args = parser.parse_args()
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"command: {' '.join(sys.argv)}")
@@ -114,13 +115,21 @@ def main() -> None:
     cpus: list[float] = []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
-            cp = ZoneCPProcess(Path(tmp) / "state", *args.cp_args)
+            etcd = None
+            cp_args: list[str] = []
+            if args.etcd:
+                etcd = EtcdProcess("bench", Path(tmp) / "etcd")
+                etcd.start()
+                cp_args = ["--store", "etcd", "--etcd-endpoints", etcd.client_url]
+            cp = ZoneCPProcess(Path(tmp) / "state", *cp_args)
             cp.start()
             try:
                 samples, cpu = trio.run(one_run, cp, args.sidecars, args.rounds)
                 metrics = httpx.get(cp.url + "/metrics").text
             finally:
                 cp.stop()
+                if etcd is not None:
+                    etcd.kill()
         ms = [s * 1000 for s in samples]
         p50, p90, p99 = (percentile(ms, q) for q in (0.5, 0.9, 0.99))
         p50s.append(p50)
@@ -132,7 +141,9 @@ def main() -> None:
         print(f"run {run + 1}: {len(ms)} acks, p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms, "
               f"max {max(ms):.1f} ms; zone CP CPU {per_push:.0f} us per pushed snapshot "
               f"(incl. heartbeats; CP histogram count {count})")
-    print(f"median of {args.runs} runs: p50 {statistics.median(p50s):.1f} ms, p99 {statistics.median(p99s):.1f} ms "
+    store = "etcd" if args.etcd else "memory"
+    print(f"store: {store}; median of {args.runs} runs: p50 {statistics.median(p50s):.1f} ms, "
+          f"p99 {statistics.median(p99s):.1f} ms "
           f"({args.sidecars} sidecars, {args.rounds} changes per run); "
           f"zone CP CPU {statistics.median(cpus):.0f} us per pushed snapshot")
 
