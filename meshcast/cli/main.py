@@ -26,12 +26,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Context:
-    def __init__(self, cp: str) -> None:
+    def __init__(self, cp: str, ca_file: str | None) -> None:
         self.cp = cp.rstrip("/")
+        self.verify: Any = True
+        if ca_file:
+            import ssl
+
+            self.verify = ssl.create_default_context(cafile=ca_file)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         with _reaching(self.cp):
-            response = httpx.request(method, self.cp + path, timeout=30, **kwargs)
+            response = httpx.request(method, self.cp + path, timeout=30, verify=self.verify, **kwargs)
         if response.status_code >= 400:
             try:
                 message = response.json().get("error") or response.text
@@ -45,7 +50,11 @@ class Context:
 def _reaching(url: str) -> Iterator[None]:
     try:
         yield
-    except httpx.ConnectError:
+    except httpx.ConnectError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            raise click.ClickException(
+                f"the control plane at {url} presented a certificate this client does not trust "
+                "(pass its CA with --ca-file)") from None
         raise click.ClickException(f"cannot reach the control plane at {url} (is it running? see --cp)") from None
     except httpx.TimeoutException:
         raise click.ClickException(f"the control plane at {url} did not answer in time") from None
@@ -59,10 +68,12 @@ pass_ctx = click.make_pass_decorator(Context)
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cp", envvar="MESHCAST_CP", default=DEFAULT_CP, show_default=True,
               help="URL of the control plane API (or MESHCAST_CP).")
+@click.option("--ca-file", envvar="MESHCAST_CA_FILE", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="CA certificate(s) to verify an https control plane (or MESHCAST_CA_FILE).")
 @click.pass_context
-def cli(ctx: click.Context, cp: str) -> None:
+def cli(ctx: click.Context, cp: str, ca_file: str | None) -> None:
     """Meshcast: a multi-region service mesh."""
-    ctx.obj = Context(cp)
+    ctx.obj = Context(cp, ca_file)
 
 
 # --- resources ------------------------------------------------------------------------------------------------

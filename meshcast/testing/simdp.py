@@ -3,6 +3,7 @@ acknowledges every snapshot and heartbeats. It runs no proxy, so a thousand of t
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,8 +25,9 @@ class SimDataplane:
         heartbeat_interval: float | None = None,
         want_certificate: bool = False,
         on_snapshot: Callable[[SnapshotReceived, float], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.client = ControlPlaneClient(cp_url, token)
+        self.client = ControlPlaneClient(cp_url, token, ssl_context=ssl_context)
         self.doc = dict(dataplane)
         self.mesh = str(self.doc.get("mesh", "default"))
         self.name = str(self.doc["name"])

@@ -40,8 +40,13 @@ def _tls_context() -> ssl.SSLContext:
 
 
 class ControlPlaneClient:
-    def __init__(self, url: str, token: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, token: str, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """`ssl_context` verifies an https control plane (e.g. built from its CA file); the default trusts the
+        system's CAs."""
         self.url = url.rstrip("/")
+        self._ssl = ssl_context
         self.token = token
         self._auth = {"authorization": f"Bearer {token}"}
         self._timeout = timeout
@@ -50,7 +55,8 @@ class ControlPlaneClient:
     async def _request(self, method: str, path: str, json: Any = None) -> Any:
         # One short-lived client per call keeps no connection across trio runs; the TLS context, the costly part
         # of a client, is built once per process and shared.
-        async with httpx.AsyncClient(base_url=self.url, timeout=self._timeout, verify=_tls_context()) as client:
+        verify = self._ssl or _tls_context()
+        async with httpx.AsyncClient(base_url=self.url, timeout=self._timeout, verify=verify) as client:
             response = await client.request(method, path, json=json, headers=self._auth)
         raise_for_error(response)
         return response.json() if response.content else None
@@ -87,7 +93,8 @@ class ControlPlaneClient:
     async def config_stream(self, mesh: str, name: str) -> AsyncIterator[ConfigStream]:
         url = await self._discover_stream_url()
         async with open_duplex_stream(
-            url, f"/v1/dataplanes/{mesh}/{name}/stream", {**self._auth, "content-type": "application/x-ndjson"}
+            url, f"/v1/dataplanes/{mesh}/{name}/stream", {**self._auth, "content-type": "application/x-ndjson"},
+            ssl_context=self._ssl,
         ) as duplex:
             status = await duplex.wait_response()
             if status != 200:

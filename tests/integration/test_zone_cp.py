@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -193,3 +194,55 @@ async def test_stream_needs_a_registered_dataplane_and_a_valid_token(zone_cp: Zo
         async with ControlPlaneClient(zone_cp.url, "not-a-token").config_stream("default", "nobody"):
             pass
     assert info.value.http_status == 401
+
+
+def test_api_speaks_http2_and_publishes_openapi(zone_cp: ZoneCPProcess) -> None:
+    result = subprocess.run(
+        ["curl", "-sS", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+         zone_cp.url + "/v1/meshes"], capture_output=True, text=True, timeout=30)
+    assert result.stdout == "2 200", result.stderr
+    spec = httpx.get(zone_cp.url + "/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    for path in ("/v1/apply", "/v1/watch", "/v1/dataplanes/register", "/v1/meshes/{mesh}/{plural}/{name}"):
+        assert path in spec["paths"], path
+    assert httpx.get(zone_cp.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(zone_cp.url + "/readyz").json()["ready"] is True
+    version = zone_cp.cli("version")
+    assert version.returncode == 0 and "zone-cp 0.1.0" in version.stdout
+
+
+async def test_watch_streams_every_change_in_order(zone_cp: ZoneCPProcess, tmp_path: Path) -> None:
+    start = (await zone_cp.aget("/v1/meshes")).json()["revision"]
+    events: list[dict[str, Any]] = []
+    async with (
+        httpx.AsyncClient(base_url=zone_cp.url, timeout=30) as client,
+        client.stream("GET", f"/v1/watch?after={start}&type=meshes") as response,
+    ):
+        lines = response.aiter_lines()
+        assert json.loads(await anext(lines))["type"] == "watching"
+        path = tmp_path / "mesh.yaml"
+        path.write_text(MESH_YAML)
+        assert (await zone_cp.acli("apply", "-f", str(path))).returncode == 0
+        path.write_text(MESH_YAML.replace("12h", "6h"))
+        assert (await zone_cp.acli("apply", "-f", str(path))).returncode == 0
+        deleted = await zone_cp.acli("delete", "mesh", "payments")
+        assert deleted.returncode == 0 and deleted.stdout.strip() == "Mesh payments deleted"
+        with trio.fail_after(10):
+            while len(events) < 3:
+                events.append(json.loads(await anext(lines)))
+    assert [(e["type"], e["name"]) for e in events] == [
+        ("created", "payments"), ("updated", "payments"), ("deleted", "payments")]
+    assert events[1]["resource"]["spec"]["mtls"]["certTTL"] == "6h"
+    revisions = [e["revision"] for e in events]
+    assert revisions == sorted(revisions) and revisions[0] > start
+
+
+def test_a_mesh_in_use_cannot_be_deleted(zone_cp: ZoneCPProcess, tmp_path: Path) -> None:
+    path = tmp_path / "dp.yaml"
+    path.write_text(yaml.safe_dump(dataplane("web-1", "web", 10010)))
+    assert zone_cp.cli("apply", "-f", str(path)).returncode == 0
+    refused = zone_cp.cli("delete", "mesh", "default")
+    assert refused.returncode != 0
+    assert "mesh default still has 1 Dataplane resource(s): delete them first" in refused.stderr
+    assert zone_cp.cli("delete", "dataplane", "web-1").returncode == 0
+    assert zone_cp.cli("delete", "mesh", "default").returncode == 0

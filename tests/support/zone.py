@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,9 +25,10 @@ def meshcast_cmd(*args: str) -> list[str]:
 
 
 class ZoneCPProcess:
-    def __init__(self, state_dir: Path, *extra: str) -> None:
+    def __init__(self, state_dir: Path, *extra: str, ca_file: Path | None = None) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.ca_file = ca_file
+        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
         self.state_dir = state_dir
         self.extra = list(extra)
         self.log_path = state_dir.parent / f"zone-cp-{self.port}.log"
@@ -43,7 +45,8 @@ class ZoneCPProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"zone CP exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=0.5).status_code == 200:
+                verify = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
+                if httpx.get(self.url + "/readyz", timeout=0.5, verify=verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -68,6 +71,8 @@ class ZoneCPProcess:
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "MESHCAST_CP": self.url}
+        if self.ca_file:
+            env["MESHCAST_CA_FILE"] = str(self.ca_file)
         return subprocess.run(meshcast_cmd(*args), input=stdin, capture_output=True, text=True, env=env, timeout=60)
 
     async def acli(self, *args: str) -> subprocess.CompletedProcess[str]:
