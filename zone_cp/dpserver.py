@@ -34,7 +34,7 @@ import trio
 
 from meshcast.errors import MeshcastError, NotFound
 from meshcast.wire.configstream import CONTENT_TYPE, ProtocolError
-from meshcast.wire.leanio import LeanSocketStream
+from meshcast.wire.leanio import LeanSocketStream, OrderedWriter
 from zone_cp.control_plane import ZoneControlPlane
 from zone_cp.streams import StreamHandler
 
@@ -105,27 +105,14 @@ class _Connection:
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 16 * 1024,
             },
         )
-        self.write_lock = trio.Lock()
+        self.writer = OrderedWriter(stream)
         self.handlers: dict[int, StreamHandler] = {}
         self.pending: dict[int, bytearray] = {}
         self.scopes: dict[int, trio.CancelScope] = {}
         self.window_open: dict[int, trio.Event] = {}
 
     async def flush(self) -> None:
-        # Take the lock without a checkpoint when it is free, so the bytes reach the socket before this task
-        # yields: otherwise every woken stream computes its snapshot before the first one is written.
-        if self.write_lock.locked():
-            await self.write_lock.acquire()
-        else:
-            self.write_lock.acquire_nowait()
-        try:
-            data = self.conn.data_to_send()
-            if data:
-                await self.stream.send_all(data)
-            else:
-                await trio.lowlevel.checkpoint()
-        finally:
-            self.write_lock.release()
+        await self.writer.flush(self.conn.data_to_send)
 
     async def run(self) -> None:
         self.conn.initiate_connection()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -29,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshcast.errors import MeshcastError, ValidationError, Violation
 from meshcast.pki import _files
+from meshcast.pki._clock import aware_now
 from meshcast.pki.spiffe import check_label, parse_id, spiffe_id_of, trust_domain_id, workload_id
 from meshcast.pki.workload import build_csr
 
@@ -107,12 +108,7 @@ def _csr_public_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def _now(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    return now
+_now = aware_now
 
 
 def _serial() -> int:

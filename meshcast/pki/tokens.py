@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from meshcast.errors import Unauthorized, ValidationError
 from meshcast.pki import _files
+from meshcast.pki._clock import aware_now
 from meshcast.pki.spiffe import check_label
 
 DATAPLANE = "dataplane"
@@ -273,12 +274,7 @@ def _malformed(reason: str) -> Unauthorized:
     return Unauthorized(f"malformed token: {reason}")
 
 
-def _now(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    return now
+_now = aware_now
 
 
 def _b64encode(raw: bytes) -> str:

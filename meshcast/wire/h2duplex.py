@@ -21,7 +21,7 @@ import h2.exceptions
 import h2.settings
 import trio
 
-from meshcast.wire.leanio import open_lean_tcp_stream
+from meshcast.wire.leanio import OrderedWriter, open_lean_tcp_stream
 
 
 class StreamClosed(Exception):
@@ -33,7 +33,7 @@ class DuplexStream:
         self._sock = sock
         self._conn = conn
         self._id = stream_id
-        self._write_lock = trio.Lock()
+        self._writer = OrderedWriter(sock)
         self._send_data, self._recv_data = trio.open_memory_channel[bytes](256)
         self._window_open = trio.Event()
         self._response = trio.Event()
@@ -42,20 +42,7 @@ class DuplexStream:
         self._error: str | None = None
 
     async def _flush(self) -> None:
-        # Bytes are taken from h2 under the lock, so frames from concurrent tasks keep h2's order; a free lock is
-        # taken without a checkpoint so the write happens before this task yields.
-        if self._write_lock.locked():
-            await self._write_lock.acquire()
-        else:
-            self._write_lock.acquire_nowait()
-        try:
-            data = self._conn.data_to_send()
-            if data:
-                await self._sock.send_all(data)
-            else:
-                await trio.lowlevel.checkpoint()
-        finally:
-            self._write_lock.release()
+        await self._writer.flush(self._conn.data_to_send)
 
     async def send(self, data: bytes, *, end: bool = False) -> None:
         view = memoryview(data)

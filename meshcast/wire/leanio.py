@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Callable
 
 import trio
 
@@ -68,6 +69,33 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
             trio.lowlevel.notify_closing(self.socket)
             self.socket.close()
         await trio.lowlevel.checkpoint()
+
+
+class OrderedWriter:
+    """Writes what a sans-IO protocol object (an h2 connection) has queued, from any task, in queue order.
+
+    The bytes are taken from the protocol object under the lock, so frames from concurrent tasks never interleave
+    out of order. A free lock is taken without a checkpoint, so the write happens before the task yields: with
+    many tasks woken at once, each one's bytes leave before the next one computes its own.
+    """
+
+    def __init__(self, stream: trio.abc.SendStream) -> None:
+        self._stream = stream
+        self._lock = trio.Lock()
+
+    async def flush(self, take: Callable[[], bytes]) -> None:
+        if self._lock.locked():
+            await self._lock.acquire()
+        else:
+            self._lock.acquire_nowait()
+        try:
+            data = take()
+            if data:
+                await self._stream.send_all(data)
+            else:
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._lock.release()
 
 
 async def open_lean_tcp_stream(host: str, port: int) -> LeanSocketStream:

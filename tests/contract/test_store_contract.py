@@ -16,6 +16,7 @@ from meshcast.errors import AlreadyExists, Conflict, NotFound
 from meshcast.resources import Resource, parse_resource
 from meshcast.store import EventKind, MemoryStore, ResourceChanged, ResourceStore, WatchCompacted
 from meshcast.store.etcd import EtcdStore
+from tests.support.store import assert_quiet, mesh, take
 
 MEMORY_HISTORY = 32
 
@@ -86,9 +87,6 @@ async def store(backend: Backend) -> AsyncIterator[ResourceStore]:
 # --- documents --------------------------------------------------------------------------------------------------
 
 
-def mesh(name: str, **labels: str) -> Resource:
-    return parse_resource({"type": "Mesh", "name": name, "labels": labels})
-
 
 def zone(name: str, **labels: str) -> Resource:
     return parse_resource({"type": "Zone", "name": name, "labels": labels})
@@ -101,19 +99,6 @@ def dataplane(name: str, mesh: str = "default", port: int = 10001, **labels: str
     })
 
 
-async def take(events: AsyncIterator[ResourceChanged], count: int, within: float = 10.0) -> list[ResourceChanged]:
-    out: list[ResourceChanged] = []
-    with trio.fail_after(within):
-        while len(out) < count:
-            out.append(await events.__anext__())
-    return out
-
-
-async def assert_quiet(events: AsyncIterator[ResourceChanged], wait: float = 0.3) -> None:
-    """No further event arrives. Ends the iterator's use: a cancelled `__anext__` may close a generator."""
-    with trio.move_on_after(wait):
-        extra = await events.__anext__()
-        pytest.fail(f"unexpected extra event {extra}")
 
 
 def summary(events: list[ResourceChanged]) -> list[tuple[str, str, str, str]]:

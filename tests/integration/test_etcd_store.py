@@ -13,31 +13,17 @@ import pytest
 import trio
 
 from meshcast.errors import StoreUnavailable
-from meshcast.resources import Resource, parse_resource
+from meshcast.resources import Resource
 from meshcast.store import ResourceChanged, WatchCompacted
 from meshcast.store import etcd as etcd_store
 from meshcast.store.etcd import EtcdStore, open_etcd_store, parse_endpoints
 from tests.support.etcd import EtcdCluster, EtcdProcess, free_port
+from tests.support.store import assert_quiet, mesh, take
 
 log = logging.getLogger(__name__)
 
 
-def mesh(name: str, **labels: str) -> Resource:
-    return parse_resource({"type": "Mesh", "name": name, "labels": labels})
 
-
-async def take(events: AsyncIterator[ResourceChanged], count: int, within: float = 15.0) -> list[ResourceChanged]:
-    out: list[ResourceChanged] = []
-    with trio.fail_after(within):
-        while len(out) < count:
-            out.append(await events.__anext__())
-    return out
-
-
-async def assert_quiet(events: AsyncIterator[ResourceChanged], wait: float = 0.3) -> None:
-    with trio.move_on_after(wait):
-        extra = await events.__anext__()
-        pytest.fail(f"unexpected extra event {extra}")
 
 
 class Collector:
