@@ -1,0 +1,1 @@
+"""Transport: mutual TLS contexts, identities, and (next) connection pools between sidecars."""

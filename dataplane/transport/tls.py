@@ -1,0 +1,111 @@
+"""Mutual TLS between sidecars: the workload identity and the SSL contexts built from it.
+
+Inbound listeners accept TLS 1.3 only, require a client certificate that chains to the mesh's trust bundle, and
+read the caller's SPIFFE ID from it; outbound connections present the sidecar's certificate and verify the peer
+against the same bundle. Hostname checks are off: the peer's identity is its SPIFFE URI SAN, checked by the
+proxy's authorization, not a DNS name. A rotated identity builds new contexts; connections already open keep the
+context they were made with, so rotation drops nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshcast.pki import CLOCK_SKEW, spiffe_id_of
+
+ALPN_MESH = ["h2", "http/1.1"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A workload's key, its certificate chain (leaf first) and the mesh's trust bundle, all PEM."""
+
+    key_pem: bytes
+    chain_pem: bytes
+    bundle_pem: bytes
+
+    @classmethod
+    def from_key(cls, key: ec.EllipticCurvePrivateKey, chain_pem: bytes, bundle_pem: bytes) -> Identity:
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        return cls(pem, chain_pem, bundle_pem)
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.chain_pem)
+
+    @property
+    def spiffe_id(self) -> str:
+        return spiffe_id_of(self.leaf)
+
+    @property
+    def not_before(self) -> datetime:
+        return self.leaf.not_valid_before_utc
+
+    @property
+    def not_after(self) -> datetime:
+        return self.leaf.not_valid_after_utc
+
+    @property
+    def issued_at(self) -> datetime:
+        """When the certificate was signed: the mesh CA back-dates notBefore by CLOCK_SKEW for peers' clocks."""
+        return min(self.not_before + CLOCK_SKEW, self.not_after)
+
+    def rotate_at(self) -> datetime:
+        """Two thirds into the certificate's life: time enough to retry if the control plane is briefly away."""
+        return self.issued_at + (self.not_after - self.issued_at) * 2 / 3
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Identity({self.spiffe_id!r}, not_after={self.not_after.isoformat()!r})"
+
+
+def _load_chain(context: ssl.SSLContext, identity: Identity) -> None:
+    # ssl only loads keys from files: write them to a private temporary directory and remove it at once.
+    with tempfile.TemporaryDirectory(prefix="meshcast-id-") as tmp:
+        key_path, chain_path = Path(tmp) / "key.pem", Path(tmp) / "chain.pem"
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(identity.key_pem)
+        chain_path.write_bytes(identity.chain_pem)
+        context.load_cert_chain(chain_path, key_path)
+
+
+def server_context(identity: Identity, *, alpn: list[str] | None = None) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=identity.bundle_pem.decode())
+    _load_chain(context, identity)
+    context.set_alpn_protocols(alpn or ALPN_MESH)
+    return context
+
+
+def client_context(identity: Identity, *, alpn: list[str] | None = None) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False  # identities are SPIFFE IDs, authorized by the proxy
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=identity.bundle_pem.decode())
+    _load_chain(context, identity)
+    context.set_alpn_protocols(alpn or ALPN_MESH)
+    return context
+
+
+def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+    """The SPIFFE ID of a verified peer, or None if it presented no usable certificate."""
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    try:
+        return spiffe_id_of(x509.load_der_x509_certificate(der))
+    except ValueError:  # no SPIFFE ID, several, or a malformed one: no identity
+        return None

@@ -1,0 +1,91 @@
+"""Sidecar mTLS contexts (over trio memory streams) and snapshot validation."""
+
+from __future__ import annotations
+
+import ssl
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from dataplane.config import InvalidConfig, parse_snapshot
+from dataplane.transport.tls import Identity, client_context, peer_spiffe_id, server_context
+from meshcast.pki import MeshCA, build_csr, generate_workload_key
+
+
+def identity(ca: MeshCA, mesh: str, service: str) -> Identity:
+    key = generate_workload_key()
+    chain = ca.sign_workload_csr(build_csr(key, f"spiffe://{mesh}/{service}"), service=service, mesh=mesh,
+                                 ttl=timedelta(hours=1))
+    return Identity.from_key(key, chain, ca.trust_bundle())
+
+
+async def handshake(server_id: Identity, client_ctx: ssl.SSLContext) -> tuple[str | None, str | None]:
+    """Run a TLS handshake over memory streams; return (caller ID seen by the server, ALPN)."""
+    left, right = trio.testing.memory_stream_pair()
+    server = trio.SSLStream(left, server_context(server_id), server_side=True)
+    client = trio.SSLStream(right, client_ctx, server_hostname="backend")
+    seen: list[str | None] = []
+
+    async def serve() -> None:
+        await server.do_handshake()
+        seen.append(peer_spiffe_id(server._ssl_object))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            await client.do_handshake()
+    return seen[0], client.selected_alpn_protocol()
+
+
+async def test_mutual_tls_carries_the_callers_spiffe_id() -> None:
+    ca = MeshCA.generate("default")
+    caller, alpn = await handshake(identity(ca, "default", "backend"), client_context(identity(ca, "default", "web")))
+    assert caller == "spiffe://default/web"
+    assert alpn == "h2"
+
+
+async def test_a_certificate_from_another_ca_is_refused() -> None:
+    ca, other = MeshCA.generate("default"), MeshCA.generate("default")
+    with pytest.raises(ExceptionGroup) as info:
+        await handshake(identity(ca, "default", "backend"), client_context(identity(other, "default", "web")))
+    assert info.group_contains(ssl.SSLError, depth=None) or info.group_contains(trio.BrokenResourceError, depth=None)
+
+
+async def test_a_client_without_certificate_is_refused() -> None:
+    ca = MeshCA.generate("default")
+    bare = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    bare.check_hostname = False
+    bare.load_verify_locations(cadata=ca.trust_bundle().decode())
+    with pytest.raises(ExceptionGroup) as info:
+        await handshake(identity(ca, "default", "backend"), bare)
+    # The server side refused the handshake: no caller identity was ever produced.
+    assert info.group_contains(ssl.SSLError, depth=None) or info.group_contains(trio.BrokenResourceError, depth=None)
+
+
+def snapshot(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "mesh": "default", "dataplane": "web-1", "address": "127.0.0.1", "mtls": {"enabled": True},
+        "inbound": [{"port": 10010, "appPort": 8080, "service": "web", "protocol": "http"}],
+        "outbound": [{"service": "backend", "port": 20000, "endpoints": [{"address": "127.0.0.1", "port": 10001}]}],
+        "heartbeatInterval": 2.0, "futureField": {"ignored": True},
+    }
+    base.update(changes)
+    return base
+
+
+def test_snapshot_validation() -> None:
+    config = parse_snapshot(snapshot(), mesh="default", name="web-1")
+    assert config.inbound[0].target_port == 8080
+    assert config.outbound_for("backend") is not None and config.outbound_for("nope") is None
+    for bad, reason in [
+        (snapshot(dataplane="web-2"), "snapshot is for default/web-2, not default/web-1"),
+        (snapshot(outbound=[{"service": "b", "port": 70000}]), "outbound[0].port:"),
+        (snapshot(outbound=[{"service": "b", "port": 10010}]), "two listeners share a port"),
+        (snapshot(heartbeatInterval=0), "heartbeatInterval:"),
+    ]:
+        with pytest.raises(InvalidConfig) as info:
+            parse_snapshot(bad, mesh="default", name="web-1")
+        assert str(info.value).startswith(reason), str(info.value)
