@@ -89,3 +89,40 @@ def test_snapshot_validation() -> None:
         with pytest.raises(InvalidConfig) as info:
             parse_snapshot(bad, mesh="default", name="web-1")
         assert str(info.value).startswith(reason), str(info.value)
+
+
+async def test_lean_tls_stream_speaks_to_trio_ssl_and_reads_the_peer_identity() -> None:
+    """The lean TLS stream interoperates with a standard TLS peer over a real socket pair, both directions."""
+    import socket
+
+    from dataplane.transport.leantls import LeanTLSStream
+    from meshcast.wire.leanio import LeanSocketStream
+
+    ca = MeshCA.generate("default")
+    a, b = socket.socketpair()
+    server = LeanTLSStream(LeanSocketStream(a), server_context(identity(ca, "default", "backend")), server_side=True)
+    client = trio.SSLStream(trio.SocketStream(trio.socket.from_stdlib_socket(b)),
+                            client_context(identity(ca, "default", "web")), server_hostname="backend")
+    payload = bytes(range(256)) * 1024  # 256 KiB: several TLS records and socket buffers' worth
+
+    async def serve() -> None:
+        await server.do_handshake()
+        assert peer_spiffe_id(server.ssl_object) == "spiffe://default/web"
+        assert server.selected_alpn_protocol() == "h2"
+        received = bytearray()
+        while len(received) < len(payload):
+            received += await server.receive_some()
+        await server.send_all(bytes(received[::-1]))
+        assert await server.receive_some() == b""
+        await server.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            await client.do_handshake()
+            nursery.start_soon(client.send_all, payload)
+            echoed = bytearray()
+            while len(echoed) < len(payload):
+                echoed += await client.receive_some()
+            assert bytes(echoed) == payload[::-1]
+            await client.aclose()
