@@ -139,12 +139,21 @@ class ControlPlaneAgent:
                 await self._session()
                 backoff = 0.1
             except _RECOVERABLE as exc:
-                self.connected = False
-                self.last_error = str(exc) or type(exc).__name__
-                log.warning("control plane unavailable (%s); retrying in %.1fs", self.last_error, backoff)
+                self._lost(exc, backoff)
+            except BaseExceptionGroup as group:
+                # The session's nursery wraps what went wrong; anything but a lost control plane is a bug.
+                recoverable, rest = group.split(_RECOVERABLE)
+                if rest is not None or recoverable is None:
+                    raise
+                self._lost(_first_leaf(recoverable), backoff)
             self.connected = False
             await trio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, self.max_backoff)
+
+    def _lost(self, exc: BaseException, backoff: float) -> None:
+        self.connected = False
+        self.last_error = str(exc) or type(exc).__name__
+        log.warning("control plane unavailable (%s); retrying in %.1fs", self.last_error, backoff)
 
     async def _session(self) -> None:
         registered = await self.client.register(self.doc)
@@ -206,3 +215,8 @@ class ControlPlaneAgent:
                 log.warning("certificate renewal failed (%s); retrying in %.0fs", exc, retry)
                 await trio.sleep(retry)
                 retry = min(retry * 2, 30.0)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

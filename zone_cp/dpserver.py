@@ -34,7 +34,7 @@ import trio
 
 from meshcast.errors import MeshcastError, NotFound
 from meshcast.wire.configstream import CONTENT_TYPE, ProtocolError
-from meshcast.wire.leanio import LeanSocketStream, OrderedWriter
+from meshcast.wire.leanio import LeanSocketStream, OrderedWriter, serve_lean
 from zone_cp.control_plane import ZoneControlPlane
 from zone_cp.streams import StreamHandler
 
@@ -57,20 +57,7 @@ class DataplaneServer:
             ssl_context.set_alpn_protocols(["h2"])
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.sock.setblocking(False)
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                try:
-                    conn, _ = self.sock.accept()
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(self.sock)
-                    continue
-                except OSError as exc:  # e.g. EMFILE: back off instead of spinning
-                    log.warning("accept failed: %s", exc)
-                    await trio.sleep(0.1)
-                    continue
-                nursery.start_soon(self._serve, LeanSocketStream(conn))
+        await serve_lean(self.sock, self._serve, task_status=task_status)
 
     async def _serve(self, stream: LeanSocketStream) -> None:
         conn_stream: trio.abc.Stream = stream

@@ -21,7 +21,7 @@ from meshcast.wire.leanio import LeanSocketStream, OrderedWriter
 _READ_SIZE = 65536
 
 
-class LeanTLSStream(trio.abc.Stream):
+class LeanTLSStream(trio.abc.HalfCloseableStream):
     def __init__(self, transport: LeanSocketStream, context: ssl.SSLContext, *, server_side: bool,
                  server_hostname: str | None = None) -> None:
         self.transport = transport
@@ -31,6 +31,7 @@ class LeanTLSStream(trio.abc.Stream):
                                            server_hostname=server_hostname)
         self._eof = False
         self._writer = OrderedWriter(transport)
+        self._stash = bytearray()  # plaintext read ahead by send_eof (see there)
 
     async def _send_pending(self) -> None:
         # Both directions may have ciphertext to send (a read can produce a key-update answer): the ordered
@@ -67,6 +68,11 @@ class LeanTLSStream(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         size = max_bytes or _READ_SIZE
+        if self._stash:
+            data = bytes(self._stash[:size])
+            del self._stash[:size]
+            await trio.lowlevel.checkpoint()
+            return data
         while True:
             try:
                 data = self.ssl_object.read(size)
@@ -90,6 +96,32 @@ class LeanTLSStream(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         try:
             self.ssl_object.write(data)
+        except ssl.SSLError as exc:
+            raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
+        await self._send_pending()
+
+    async def send_eof(self) -> None:
+        """Half-close: send close_notify and keep reading (TLS 1.3 lets the peer go on sending).
+
+        CPython's unwrap() calls SSL_shutdown a second time to look for the peer's close_notify, and OpenSSL then
+        reads and discards whatever application data is already buffered. So first move every byte of plaintext
+        already received out of the SSL object into a stash that receive_some returns first; with nothing
+        buffered, the second call finds nothing to discard, and later reads work as before.
+        """
+        while True:
+            try:
+                chunk = self.ssl_object.read(_READ_SIZE)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                break
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
+            if not chunk:
+                break
+            self._stash += chunk
+        try:
+            self.ssl_object.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # the peer's close_notify comes later, if ever: reads go on meanwhile
         except ssl.SSLError as exc:
             raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
         await self._send_pending()

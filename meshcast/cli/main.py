@@ -299,6 +299,34 @@ def zone_cp_run(**options: Any) -> None:
     run_zone_cp(**options)
 
 
+@cli.group("dataplane")
+def dataplane_group() -> None:
+    """The sidecar proxy."""
+
+
+@dataplane_group.command("run")
+@click.option("--cp", "cp_url", envvar="MESHCAST_CP", default=DEFAULT_CP, show_default=True,
+              help="URL of the zone control plane's API.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="File holding the dataplane token (meshcast generate dataplane-token).")
+@click.option("--dataplane-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="YAML or JSON file with this sidecar's Dataplane resource.")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+              help="Where the last config and the identity are kept [default: /var/lib/meshcast/dataplanes/M/N].")
+@click.option("--admin-addr", default="127.0.0.1:9901", show_default=True, help="Address of /ready, /metrics, /config.")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CA to verify an https control plane.")
+@click.option("--drain-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to let connections in flight finish after SIGTERM.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+def dataplane_run(cp_url: str, log_level: str, **options: Any) -> None:
+    """Run a sidecar until SIGTERM or SIGINT (then drain)."""
+    from meshcast.cli.run_dataplane import run_dataplane
+
+    _logging(log_level)
+    run_dataplane(cp=cp_url, **options)
+
+
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

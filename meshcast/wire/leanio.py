@@ -9,10 +9,13 @@ write that can complete at once costs one system call and one checkpoint.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
+
+log = logging.getLogger("meshcast.wire.leanio")
 
 
 class LeanSocketStream(trio.abc.HalfCloseableStream):
@@ -105,3 +108,30 @@ async def open_lean_tcp_stream(host: str, port: int) -> LeanSocketStream:
     # Take the connected descriptor out of trio's wrapper so the lean stream owns it alone.
     sock = socket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
     return LeanSocketStream(sock)
+
+
+async def serve_lean(
+    sock: socket.socket,
+    handler: Callable[[LeanSocketStream], Awaitable[None]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept connections on a listening socket forever, each handled in its own task as a lean stream.
+
+    Accept errors such as EMFILE back off for 100 ms instead of spinning. Cancelling this closes nothing it
+    did not open: the caller owns `sock`.
+    """
+    sock.setblocking(False)
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                log.warning("accept failed on %s: %s", sock.getsockname(), exc)
+                await trio.sleep(0.1)
+                continue
+            nursery.start_soon(handler, LeanSocketStream(conn))

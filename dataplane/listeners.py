@@ -1,0 +1,113 @@
+"""Inbound and outbound listeners of a sidecar, and the set of them that follows the configuration.
+
+Theory of operation: `ListenerSet.reconcile(config)` compares the listeners the config asks for with the running
+ones, keyed by what a listener cannot change without re-binding (direction, address, port, protocol, target);
+it starts the missing and stops the unwanted. Stopping a listener closes its socket only: connections already
+accepted run in the sidecar's connection nursery and finish on their own, so a config change never cuts traffic.
+Endpoint changes need no listener change at all: each new connection reads the current endpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from dataplane.config import InboundConfig, OutboundConfig, ProxyConfig
+from meshcast.wire.leanio import LeanSocketStream, serve_lean
+
+log = logging.getLogger("meshcast.dataplane.listeners")
+
+Handler = Callable[[LeanSocketStream], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    direction: str  # inbound | outbound
+    address: str
+    port: int
+    protocol: str
+    target: str  # inbound: app address:port; outbound: service
+
+    @classmethod
+    def of_inbound(cls, config: ProxyConfig, inbound: InboundConfig) -> ListenerSpec:
+        return cls("inbound", config.address, inbound.port, inbound.protocol,
+                   f"{inbound.app_address}:{inbound.target_port}")
+
+    @classmethod
+    def of_outbound(cls, outbound: OutboundConfig) -> ListenerSpec:
+        return cls("outbound", outbound.address, outbound.port, outbound.protocol, outbound.service)
+
+
+def bind(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class ListenerSet:
+    def __init__(self, handler_for: Callable[[ListenerSpec], Handler], connections: trio.Nursery) -> None:
+        self._handler_for = handler_for
+        self._connections = connections
+        self._running: dict[ListenerSpec, tuple[trio.CancelScope, socket.socket]] = {}
+        self.errors: dict[ListenerSpec, str] = {}
+
+    def wanted(self, config: ProxyConfig) -> set[ListenerSpec]:
+        specs = {ListenerSpec.of_inbound(config, i) for i in config.inbound}
+        return specs | {ListenerSpec.of_outbound(o) for o in config.outbound}
+
+    async def reconcile(self, config: ProxyConfig, nursery: trio.Nursery) -> None:
+        wanted = self.wanted(config)
+        for spec in [s for s in self._running if s not in wanted]:
+            self.stop(spec)
+        for spec in sorted(wanted - set(self._running), key=lambda s: (s.direction, s.port)):
+            try:
+                sock = bind(spec.address, spec.port)
+            except OSError as exc:
+                self.errors[spec] = f"cannot listen on {spec.address}:{spec.port}: {exc.strerror}"
+                log.error("%s", self.errors[spec])
+                continue
+            self.errors.pop(spec, None)
+            scope = trio.CancelScope()
+            self._running[spec] = (scope, sock)
+            await nursery.start(self._serve, spec, sock, scope)
+            log.info("%s listener on %s:%s (%s -> %s)", spec.direction, spec.address, spec.port, spec.protocol,
+                     spec.target)
+
+    async def _serve(self, spec: ListenerSpec, sock: socket.socket, scope: trio.CancelScope, *,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        handler = self._handler_for(spec)
+
+        async def spawn(stream: LeanSocketStream) -> None:
+            # Accepted connections live in the sidecar's connection nursery, not the listener's: stopping the
+            # listener must not cut them.
+            self._connections.start_soon(handler, stream)
+
+        with scope:
+            try:
+                await serve_lean(sock, spawn, task_status=task_status)
+            finally:
+                trio.lowlevel.notify_closing(sock)
+                sock.close()
+
+    def stop(self, spec: ListenerSpec) -> None:
+        scope, _ = self._running.pop(spec)
+        scope.cancel()
+
+    def stop_all(self) -> None:
+        for spec in list(self._running):
+            self.stop(spec)
+
+    @property
+    def running(self) -> list[ListenerSpec]:
+        return list(self._running)

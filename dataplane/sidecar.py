@@ -1,0 +1,223 @@
+"""The sidecar: its agent, its listeners, and the proxying of each accepted connection.
+
+Inbound connections (from other sidecars) must complete mutual TLS 1.3 with a certificate of the mesh's trust
+bundle before a single byte reaches the app; outbound connections (from the app) go to an endpoint of the
+upstream service chosen by the balancer, over mutual TLS that verifies the upstream's SPIFFE ID. A failed connect
+is retried on another endpoint. Opaque TCP is spliced both ways; HTTP protocols are proxied by the HTTP layer
+(next), and are spliced as TCP until it lands.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry
+
+from dataplane.agent import ControlPlaneAgent
+from dataplane.config import EndpointConfig, ProxyConfig
+from dataplane.listeners import ListenerSet, ListenerSpec
+from dataplane.metrics import SidecarMetrics
+from dataplane.splice import splice
+from dataplane.transport.leantls import LeanTLSStream
+from dataplane.transport.tls import ALPN_MESH, Identity, peer_spiffe_id, server_context
+from dataplane.transport.upstream import ALPN_TCP, UpstreamConnector, UpstreamError
+from meshcast.wire.leanio import LeanSocketStream, open_lean_tcp_stream
+
+log = logging.getLogger("meshcast.dataplane")
+
+HANDSHAKE_TIMEOUT = 10.0
+CONNECT_ATTEMPTS = 3
+
+
+class Sidecar:
+    def __init__(
+        self,
+        *,
+        cp_url: str,
+        token: str,
+        dataplane: dict[str, Any],
+        state_dir: Path,
+        cp_ssl_context: ssl.SSLContext | None = None,
+        registry: CollectorRegistry | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.metrics = SidecarMetrics(registry or CollectorRegistry())
+        self.agent = ControlPlaneAgent(
+            cp_url=cp_url, token=token, dataplane=dataplane, state_dir=state_dir, cp_ssl_context=cp_ssl_context,
+            on_config=self._on_config, on_identity=self._on_identity,
+        )
+        self.mesh = self.agent.mesh
+        self.connector = UpstreamConnector(self.mesh, connect_timeout=connect_timeout)
+        self.config: ProxyConfig | None = None
+        self.server_ssl: ssl.SSLContext | None = None
+        self.listeners: ListenerSet | None = None
+        self.draining = False
+        self.in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._config_changed = trio.Event()
+        self._rr = random.randrange(1 << 16)
+
+    # --- state from the agent ---------------------------------------------------------------------------------
+
+    def _on_config(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.connector.mtls = config.mtls.enabled
+        self.metrics.config_version.clear()
+        self.metrics.config_version.labels(version=self.agent.version or "saved").set(1)
+        self._config_changed.set()
+        self._config_changed = trio.Event()
+
+    def _on_identity(self, identity: Identity) -> None:
+        self.server_ssl = server_context(identity, alpn=[*ALPN_MESH, ALPN_TCP])
+        self.connector.set_identity(identity)
+        self.metrics.cert_expiry.set(identity.not_after.timestamp())
+
+    @property
+    def ready(self) -> bool:
+        if self.draining or self.config is None:
+            return False
+        return not self.config.mtls.enabled or self.server_ssl is not None
+
+    # --- lifetime ---------------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as connections, trio.open_nursery() as nursery:
+            self.listeners = ListenerSet(self._handler_for, connections)
+            await nursery.start(self.agent.run)
+            nursery.start_soon(self._follow_config, nursery)
+            await self._reconcile(nursery)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _reconcile(self, nursery: trio.Nursery) -> None:
+        if self.config is not None and self.listeners is not None and not self.draining:
+            await self.listeners.reconcile(self.config, nursery)
+
+    async def _follow_config(self, nursery: trio.Nursery) -> None:
+        while True:
+            await self._config_changed.wait()
+            await self._reconcile(nursery)
+
+    async def drain(self, grace: float) -> bool:
+        """Stop accepting (and report unready), then wait up to `grace` seconds for connections in flight.
+
+        True if everything finished in time."""
+        self.draining = True
+        if self.listeners is not None:
+            self.listeners.stop_all()
+        with trio.move_on_after(grace):
+            await self._idle.wait()
+        return self.in_flight == 0
+
+    def _begin(self, direction: str) -> None:
+        self.in_flight += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self.metrics.active.labels(direction=direction).inc()
+
+    def _end(self, direction: str) -> None:
+        self.in_flight -= 1
+        self.metrics.active.labels(direction=direction).dec()
+        if self.in_flight == 0:
+            self._idle.set()
+
+    # --- connections ------------------------------------------------------------------------------------------
+
+    def _handler_for(self, spec: ListenerSpec) -> Callable[[LeanSocketStream], Awaitable[None]]:
+        if spec.direction == "inbound":
+            return lambda stream: self._inbound(spec, stream)
+        return lambda stream: self._outbound(spec, stream)
+
+    async def _inbound(self, spec: ListenerSpec, stream: LeanSocketStream) -> None:
+        self.metrics.connections.labels(direction="inbound", service=spec.target).inc()
+        self._begin("inbound")
+        peer: trio.abc.HalfCloseableStream = stream
+        try:
+            if self.config is not None and self.config.mtls.enabled:
+                if self.server_ssl is None:
+                    self.metrics.refused.labels(reason="no_identity").inc()
+                    return
+                tls = LeanTLSStream(stream, self.server_ssl, server_side=True)
+                peer = tls
+                with trio.move_on_after(HANDSHAKE_TIMEOUT) as timer:
+                    try:
+                        await tls.do_handshake()
+                    except trio.BrokenResourceError as exc:
+                        self.metrics.refused.labels(reason="tls").inc()
+                        log.info("refused an inbound connection: %s", exc)
+                        return
+                if timer.cancelled_caught:
+                    self.metrics.refused.labels(reason="handshake_timeout").inc()
+                    return
+                if peer_spiffe_id(tls.ssl_object) is None:
+                    self.metrics.refused.labels(reason="no_spiffe_id").inc()
+                    return
+            host, _, port = spec.target.rpartition(":")
+            try:
+                with trio.fail_after(self.connector.connect_timeout):
+                    app = await open_lean_tcp_stream(host, int(port))
+            except (OSError, trio.TooSlowError) as exc:
+                log.warning("inbound %s: the app at %s is unreachable: %s", spec.port, spec.target, exc)
+                return
+            try:
+                sent, received = await splice(peer, app)
+                self.metrics.bytes.labels(direction="inbound").inc(sent + received)
+            finally:
+                await app.aclose()
+        finally:
+            self._end("inbound")
+            await peer.aclose()
+
+    def _endpoints(self, service: str) -> list[EndpointConfig]:
+        outbound = self.config.outbound_for(service) if self.config is not None else None
+        return list(outbound.endpoints) if outbound is not None else []
+
+    def pick(self, service: str, exclude: set[tuple[str, int]]) -> EndpointConfig | None:
+        candidates = [e for e in self._endpoints(service) if (e.address, e.port) not in exclude]
+        if not candidates:
+            return None
+        self._rr += 1
+        return candidates[self._rr % len(candidates)]
+
+    async def connect_upstream(self, service: str, alpn: str) -> trio.abc.HalfCloseableStream:
+        """A connection to some endpoint of `service`, trying up to three endpoints; raises UpstreamError."""
+        tried: set[tuple[str, int]] = set()
+        last: UpstreamError | None = None
+        for _ in range(CONNECT_ATTEMPTS):
+            endpoint = self.pick(service, tried)
+            if endpoint is None:
+                break
+            tried.add((endpoint.address, endpoint.port))
+            try:
+                return await self.connector.connect(endpoint.address, endpoint.port, service=service, alpn=alpn)
+            except UpstreamError as exc:
+                self.metrics.upstream_errors.labels(service=service, reason=exc.reason).inc()
+                log.info("upstream %s: %s", service, exc)
+                last = exc
+        if last is None:
+            raise UpstreamError("no_healthy_upstream", f"service {service} has no endpoint")
+        raise last
+
+    async def _outbound(self, spec: ListenerSpec, stream: LeanSocketStream) -> None:
+        self.metrics.connections.labels(direction="outbound", service=spec.target).inc()
+        self._begin("outbound")
+        try:
+            try:
+                upstream = await self.connect_upstream(spec.target, ALPN_TCP)
+            except UpstreamError as exc:
+                log.warning("outbound %s: %s", spec.target, exc)
+                return
+            try:
+                sent, received = await splice(stream, upstream)
+                self.metrics.bytes.labels(direction="outbound").inc(sent + received)
+            finally:
+                await upstream.aclose()
+        finally:
+            self._end("outbound")
+            await stream.aclose()

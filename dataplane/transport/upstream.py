@@ -1,0 +1,74 @@
+"""Connections from a sidecar to its upstream sidecars: mutual TLS with the expected peer identity.
+
+Every connection verifies that the peer presents the SPIFFE ID of the service it was dialled for
+(`spiffe://<mesh>/<service>`), so a mis-routed or hijacked endpoint cannot impersonate a service: a sidecar
+is trusted for exactly what its certificate says. ALPN names the hop protocol; the peer must agree to it.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import trio
+
+from dataplane.transport.leantls import LeanTLSStream
+from dataplane.transport.tls import Identity, client_context, peer_spiffe_id
+from meshcast.wire.leanio import open_lean_tcp_stream
+
+ALPN_TCP = "meshcast-tcp"
+
+
+class UpstreamError(Exception):
+    """A failed attempt to reach an endpoint; `reason` is the short code reported to the app and in metrics."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}")
+
+
+class UpstreamConnector:
+    def __init__(self, mesh: str, *, connect_timeout: float = 5.0) -> None:
+        self.mesh = mesh
+        self.connect_timeout = connect_timeout
+        self.mtls = True
+        self._identity: Identity | None = None
+        self._contexts: dict[str, ssl.SSLContext] = {}
+
+    def set_identity(self, identity: Identity) -> None:
+        """Use a new certificate for new connections; open ones keep theirs until they close."""
+        self._identity = identity
+        self._contexts = {}
+
+    def _context(self, alpn: str) -> ssl.SSLContext:
+        context = self._contexts.get(alpn)
+        if context is None:
+            if self._identity is None:
+                raise UpstreamError("no_identity", "this sidecar has no certificate yet")
+            context = self._contexts[alpn] = client_context(self._identity, alpn=[alpn])
+        return context
+
+    async def connect(self, address: str, port: int, *, service: str, alpn: str) -> trio.abc.HalfCloseableStream:
+        try:
+            with trio.fail_after(self.connect_timeout):
+                tcp = await open_lean_tcp_stream(address, port)
+                if not self.mtls:
+                    return tcp
+                tls = LeanTLSStream(tcp, self._context(alpn), server_side=False)
+                try:
+                    await tls.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    await tls.aclose()
+                    raise UpstreamError("tls_failure", f"{address}:{port}: {exc}") from None
+        except trio.TooSlowError:
+            raise UpstreamError("connect_timeout", f"{address}:{port} after {self.connect_timeout}s") from None
+        except OSError as exc:
+            raise UpstreamError("connect_failure", f"{address}:{port}: {exc.strerror or exc}") from None
+        expected = f"spiffe://{self.mesh}/{service}"
+        peer = peer_spiffe_id(tls.ssl_object)
+        if peer != expected:
+            await tls.aclose()
+            raise UpstreamError("identity_mismatch", f"{address}:{port} is {peer}, not {expected}")
+        if tls.selected_alpn_protocol() != alpn:
+            await tls.aclose()
+            raise UpstreamError("protocol_mismatch", f"{address}:{port} does not speak {alpn}")
+        return tls

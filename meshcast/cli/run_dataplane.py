@@ -1,0 +1,77 @@
+"""Wiring of `meshcast dataplane run`: the sidecar, its admin endpoint, and a graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+from pathlib import Path
+
+import click
+import trio
+
+from meshcast.errors import MeshcastError
+
+log = logging.getLogger("meshcast.dataplane")
+
+
+def _load_dataplane(path: Path) -> dict[str, object]:
+    from meshcast.resources import load_documents
+
+    resources = load_documents(path.read_text(), source=str(path))
+    if len(resources) != 1 or resources[0].type != "Dataplane":
+        raise click.BadParameter("must hold exactly one Dataplane resource", param_hint="--dataplane-file")
+    return resources[0].to_dict(meta=False)
+
+
+def run_dataplane(
+    *, cp: str, token_file: Path, dataplane_file: Path, state_dir: Path | None, admin_addr: str,
+    ca_file: Path | None, drain_timeout: float,
+) -> None:
+    from dataplane.admin import serve_admin
+    from dataplane.listeners import bind
+    from dataplane.sidecar import Sidecar
+    from zone_cp.config import split_host_port
+
+    token = token_file.read_text().strip()
+    if not token:
+        raise click.BadParameter("the file is empty", param_hint="--token-file")
+    try:
+        doc = _load_dataplane(dataplane_file)
+    except MeshcastError as exc:
+        raise click.BadParameter(str(exc), param_hint="--dataplane-file") from None
+    mesh, name = str(doc.get("mesh", "default")), str(doc["name"])
+    state = state_dir or Path("/var/lib/meshcast/dataplanes") / mesh / name
+    try:
+        admin_host, admin_port = split_host_port(admin_addr, default_port=9901)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--admin-addr") from None
+    cp_ssl = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
+
+    async def main() -> None:
+        sidecar = Sidecar(cp_url=cp, token=token, dataplane=doc, state_dir=state, cp_ssl_context=cp_ssl)
+        try:
+            admin_sock = bind(admin_host, admin_port)
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on --admin-addr {admin_addr}: {exc.strerror}") from None
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve_admin, sidecar, admin_sock)
+                click.echo(f"dataplane {mesh}/{name}: admin on {admin_host}:{admin_sock.getsockname()[1]}, "
+                           "waiting for a config", err=True)
+                await nursery.start(sidecar.run)
+                click.echo(f"dataplane {mesh}/{name} ready (config {sidecar.agent.version})", err=True)
+                async for signum in signals:
+                    log.info("%s: draining (up to %.0fs)", signal.Signals(signum).name, drain_timeout)
+                    clean = await sidecar.drain(drain_timeout)
+                    if not clean:
+                        log.warning("%d connection(s) still open after the drain timeout", sidecar.in_flight)
+                    with trio.move_on_after(2):
+                        try:
+                            await sidecar.agent.client.deregister(mesh, name)
+                        except Exception as exc:
+                            log.info("could not deregister: %s", exc)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(main)
