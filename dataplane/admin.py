@@ -31,6 +31,7 @@ def handle(sidecar: Sidecar, target: str) -> list[h11.Event]:
         status: dict[str, Any] = {
             "ready": ready, "draining": sidecar.draining, "connectedToControlPlane": sidecar.agent.connected,
             "configVersion": sidecar.agent.version, "lastError": sidecar.agent.last_error,
+            "listenerErrors": sorted(sidecar.listeners.errors.values()) if sidecar.listeners else [],
         }
         return _response(200 if ready else 503, json.dumps(status).encode(), "application/json")
     if path == "/metrics":

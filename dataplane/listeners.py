@@ -39,7 +39,9 @@ class ListenerSpec:
 
     @classmethod
     def of_outbound(cls, outbound: OutboundConfig) -> ListenerSpec:
-        return cls("outbound", outbound.address, outbound.port, outbound.protocol, outbound.service)
+        # The protocol of an upstream is learnt from its endpoints and may change (none known yet: tcp), so it is
+        # read per connection, not part of what binds the listener.
+        return cls("outbound", outbound.address, outbound.port, "auto", outbound.service)
 
 
 def bind(address: str, port: int) -> socket.socket:
@@ -97,12 +99,16 @@ class ListenerSet:
             try:
                 await serve_lean(sock, spawn, task_status=task_status)
             finally:
-                trio.lowlevel.notify_closing(sock)
-                sock.close()
+                if sock.fileno() != -1:
+                    trio.lowlevel.notify_closing(sock)
+                    sock.close()
 
     def stop(self, spec: ListenerSpec) -> None:
-        scope, _ = self._running.pop(spec)
+        scope, sock = self._running.pop(spec)
         scope.cancel()
+        # Close now, not when the accept task next runs: a replacement listener may bind the same port at once.
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
 
     def stop_all(self) -> None:
         for spec in list(self._running):

@@ -2,9 +2,10 @@
 
 Inbound connections (from other sidecars) must complete mutual TLS 1.3 with a certificate of the mesh's trust
 bundle before a single byte reaches the app; outbound connections (from the app) go to an endpoint of the
-upstream service chosen by the balancer, over mutual TLS that verifies the upstream's SPIFFE ID. A failed connect
-is retried on another endpoint. Opaque TCP is spliced both ways; HTTP protocols are proxied by the HTTP layer
-(next), and are spliced as TCP until it lands.
+upstream service chosen per request (HTTP) or per connection (TCP), over mutual TLS that verifies the upstream's
+SPIFFE ID. A failed connect is retried on another endpoint. The hop protocol is negotiated by ALPN: `http/1.1`
+for HTTP/1.1 (pooled connections, a request per exchange), `meshcast-tcp` for opaque TCP (a connection per
+connection). HTTP/2 and gRPC from apps are spliced as opaque TCP until the HTTP/2 layer lands.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from dataplane.agent import ControlPlaneAgent
+from dataplane.codec.http1 import ClientConnection
 from dataplane.config import EndpointConfig, ProxyConfig
+from dataplane.http1proxy import Http1Proxy, Upstream
 from dataplane.listeners import ListenerSet, ListenerSpec
 from dataplane.metrics import SidecarMetrics
 from dataplane.splice import splice
 from dataplane.transport.leantls import LeanTLSStream
+from dataplane.transport.pool import ConnectionPool
 from dataplane.transport.tls import ALPN_MESH, Identity, peer_spiffe_id, server_context
 from dataplane.transport.upstream import ALPN_TCP, UpstreamConnector, UpstreamError
 from meshcast.wire.leanio import LeanSocketStream, open_lean_tcp_stream
@@ -63,6 +67,8 @@ class Sidecar:
         self._idle.set()
         self._config_changed = trio.Event()
         self._rr = random.randrange(1 << 16)
+        self.mesh_pool: ConnectionPool[ClientConnection] = ConnectionPool()
+        self.app_pool: ConnectionPool[ClientConnection] = ConnectionPool()
 
     # --- state from the agent ---------------------------------------------------------------------------------
 
@@ -77,11 +83,15 @@ class Sidecar:
     def _on_identity(self, identity: Identity) -> None:
         self.server_ssl = server_context(identity, alpn=[*ALPN_MESH, ALPN_TCP])
         self.connector.set_identity(identity)
+        self.mesh_pool.clear()  # new connections present the new certificate; open ones finish with the old
         self.metrics.cert_expiry.set(identity.not_after.timestamp())
 
     @property
     def ready(self) -> bool:
+        """Config in force, identity when mTLS is on, and every listener bound."""
         if self.draining or self.config is None:
+            return False
+        if self.listeners is not None and self.listeners.errors:
             return False
         return not self.config.mtls.enabled or self.server_ssl is not None
 
@@ -158,6 +168,11 @@ class Sidecar:
                 if peer_spiffe_id(tls.ssl_object) is None:
                     self.metrics.refused.labels(reason="no_spiffe_id").inc()
                     return
+            caller = peer_spiffe_id(peer.ssl_object) if isinstance(peer, LeanTLSStream) else None
+            alpn = peer.selected_alpn_protocol() if isinstance(peer, LeanTLSStream) else None
+            if spec.protocol == "http" and alpn in (None, "http/1.1"):
+                await self._inbound_http(spec, peer, caller)
+                return
             host, _, port = spec.target.rpartition(":")
             try:
                 with trio.fail_after(self.connector.connect_timeout):
@@ -174,6 +189,33 @@ class Sidecar:
             self._end("inbound")
             await peer.aclose()
 
+    async def _inbound_http(self, spec: ListenerSpec, peer: trio.abc.HalfCloseableStream, caller: str | None) -> None:
+        host, _, port_text = spec.target.rpartition(":")
+        app = (host, int(port_text))
+
+        async def dial() -> tuple[tuple[str, int], trio.abc.HalfCloseableStream]:
+            try:
+                with trio.fail_after(self.connector.connect_timeout):
+                    return app, await open_lean_tcp_stream(*app)
+            except (OSError, trio.TooSlowError) as exc:
+                raise UpstreamError("app_unreachable", f"{spec.target}: {exc}") from None
+
+        upstream = Upstream(self.app_pool, app, dial)
+        source = [(b"x-meshcast-source", caller.encode())] if caller else []
+        proxy = Http1Proxy(peer, lambda request: upstream, drop=frozenset({b"x-meshcast-source"}),
+                           add=lambda request: source)
+        await proxy.serve()
+
+    def _http_route(self, service: str) -> Upstream | UpstreamError:
+        endpoint = self.pick(service, set())
+        if endpoint is None:
+            return UpstreamError("no_healthy_upstream", f"service {service} has no endpoint")
+
+        async def dial() -> tuple[tuple[str, int], trio.abc.HalfCloseableStream]:
+            return await self._dial_endpoints(service, "http/1.1", first=endpoint)
+
+        return Upstream(self.mesh_pool, (endpoint.address, endpoint.port), dial)
+
     def _endpoints(self, service: str) -> list[EndpointConfig]:
         outbound = self.config.outbound_for(service) if self.config is not None else None
         return list(outbound.endpoints) if outbound is not None else []
@@ -187,15 +229,22 @@ class Sidecar:
 
     async def connect_upstream(self, service: str, alpn: str) -> trio.abc.HalfCloseableStream:
         """A connection to some endpoint of `service`, trying up to three endpoints; raises UpstreamError."""
+        _, stream = await self._dial_endpoints(service, alpn)
+        return stream
+
+    async def _dial_endpoints(self, service: str, alpn: str, first: EndpointConfig | None = None,
+                              ) -> tuple[tuple[str, int], trio.abc.HalfCloseableStream]:
         tried: set[tuple[str, int]] = set()
         last: UpstreamError | None = None
-        for _ in range(CONNECT_ATTEMPTS):
-            endpoint = self.pick(service, tried)
+        for attempt in range(CONNECT_ATTEMPTS):
+            endpoint = first if attempt == 0 and first is not None else self.pick(service, tried)
             if endpoint is None:
                 break
-            tried.add((endpoint.address, endpoint.port))
+            key = (endpoint.address, endpoint.port)
+            tried.add(key)
             try:
-                return await self.connector.connect(endpoint.address, endpoint.port, service=service, alpn=alpn)
+                stream = await self.connector.connect(endpoint.address, endpoint.port, service=service, alpn=alpn)
+                return key, stream
             except UpstreamError as exc:
                 self.metrics.upstream_errors.labels(service=service, reason=exc.reason).inc()
                 log.info("upstream %s: %s", service, exc)
@@ -208,6 +257,10 @@ class Sidecar:
         self.metrics.connections.labels(direction="outbound", service=spec.target).inc()
         self._begin("outbound")
         try:
+            outbound = self.config.outbound_for(spec.target) if self.config is not None else None
+            if outbound is not None and outbound.protocol == "http":
+                await Http1Proxy(stream, lambda request: self._http_route(spec.target)).serve()
+                return
             try:
                 upstream = await self.connect_upstream(spec.target, ALPN_TCP)
             except UpstreamError as exc:

@@ -32,6 +32,7 @@ class Inventory:
         self.generation = 0
         self.changed_at: dict[int, float] = {0: time.monotonic()}
         self._index: dict[str, dict[str, list[dict[str, Any]]]] | None = None
+        self._protocols: dict[tuple[str, str], str] | None = None
 
     # --- feeding ---------------------------------------------------------------------------------------------
 
@@ -80,6 +81,7 @@ class Inventory:
             for old in sorted(self.changed_at)[:-1000]:
                 del self.changed_at[old]
         self._index = None
+        self._protocols = None
 
     def change_time(self, generation: int) -> float:
         return self.changed_at.get(generation) or min(self.changed_at.values())
@@ -90,6 +92,19 @@ class Inventory:
         if self._index is None:
             self._index = self._build_index()
         return self._index.get(mesh, {}).get(service, [])
+
+    def protocol(self, mesh: str, service: str) -> str:
+        """The protocol a service's instances declare, healthy or not (so a sidecar keeps speaking HTTP, and
+        answering 503, while every instance is down); opaque TCP when unknown or when instances disagree."""
+        if self._protocols is None:
+            found: dict[tuple[str, str], set[str]] = defaultdict(set)
+            for (dp_mesh, _), dataplane in self.dataplanes.items():
+                spec = dataplane.spec
+                assert isinstance(spec, DataplaneSpec)
+                for inbound in spec.inbound:
+                    found[(dp_mesh, inbound.service)].add(inbound.protocol)
+            self._protocols = {key: next(iter(p)) if len(p) == 1 else "tcp" for key, p in found.items()}
+        return self._protocols.get((mesh, service), "tcp")
 
     def _build_index(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         index: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
@@ -124,16 +139,13 @@ class Inventory:
         assert isinstance(spec, DataplaneSpec)
         outbound = []
         for out in spec.outbound:
-            endpoints = self.endpoints(mesh, out.service)
-            protocols = {e["protocol"] for e in endpoints}
             outbound.append(
                 {
                     "service": out.service,
                     "address": out.address,
                     "port": out.port,
-                    # A service whose instances disagree on the protocol is treated as opaque TCP.
-                    "protocol": protocols.pop() if len(protocols) == 1 else "tcp",
-                    "endpoints": endpoints,
+                    "protocol": self.protocol(mesh, out.service),
+                    "endpoints": self.endpoints(mesh, out.service),
                 }
             )
         return {

@@ -129,6 +129,10 @@ class LeanTLSStream(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
 
+    def close_now(self) -> None:
+        """Close the socket at once, without close_notify (an idle pooled connection being evicted)."""
+        self.transport.close_now()
+
     async def aclose(self) -> None:
         try:
             self.ssl_object.unwrap()

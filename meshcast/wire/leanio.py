@@ -66,11 +66,15 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         except OSError as exc:
             raise trio.BrokenResourceError(str(exc)) from exc
 
-    async def aclose(self) -> None:
+    def close_now(self) -> None:
+        """Close at once, from synchronous code (a pool evicting an idle connection)."""
         if not self._closed:
             self._closed = True
             trio.lowlevel.notify_closing(self.socket)
             self.socket.close()
+
+    async def aclose(self) -> None:
+        self.close_now()
         await trio.lowlevel.checkpoint()
 
 
@@ -128,9 +132,14 @@ async def serve_lean(
             try:
                 conn, _ = sock.accept()
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except trio.ClosedResourceError:
+                    return  # the owner closed the socket: this listener is done
                 continue
             except OSError as exc:
+                if sock.fileno() == -1:
+                    return
                 log.warning("accept failed on %s: %s", sock.getsockname(), exc)
                 await trio.sleep(0.1)
                 continue

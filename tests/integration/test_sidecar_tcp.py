@@ -6,7 +6,8 @@ import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,19 +90,22 @@ def mesh(tmp_path: Path) -> Iterator[dict[str, Any]]:
         web_app.close()
 
 
-def wait_for_traffic(port: int, payload: bytes = b"ping", within: float = 15.0) -> None:
-    import time
-
+def wait_for(check: Callable[[], bool], within: float = 15.0) -> None:
+    """Poll `check` (which may raise while the mesh converges) until it holds."""
     deadline = time.monotonic() + within
     while True:
         try:
-            if roundtrip(port, payload) == payload:
+            if check():
                 return
-        except OSError:
+        except (OSError, AssertionError, ValueError):
             pass
         if time.monotonic() > deadline:
-            raise AssertionError(f"no echo through port {port} within {within}s")
+            raise AssertionError(f"not converged within {within}s")
         time.sleep(0.1)
+
+
+def wait_for_traffic(port: int, payload: bytes = b"ping", within: float = 15.0) -> None:
+    wait_for(lambda: roundtrip(port, payload) == payload, within)
 
 
 def test_tcp_through_two_sidecars_with_mtls(mesh: dict[str, Any]) -> None:
@@ -119,7 +123,7 @@ def test_inbound_refuses_plaintext_and_foreign_certificates(mesh: dict[str, Any]
                              input=b"hello\n", capture_output=True, timeout=30)
     assert no_cert.returncode != 0 or b"hello" not in no_cert.stdout
     # A certificate from another CA: refused too.
-    ca, cert, key = make_server_cert(mesh["tmp"] / "foreign")
+    _ca, cert, key = make_server_cert(mesh["tmp"] / "foreign")
     foreign = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-quiet",
                               "-cert", str(cert), "-key", str(key)], input=b"hello\n", capture_output=True,
                              timeout=30)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import pyetcd
 import pytest
+
+from tests.support.ports import free_port
 
 READY_TIMEOUT = 10.0
 _FAST_RECONNECT = [
@@ -39,12 +40,6 @@ def etcd_binary() -> str:
                     "(apt-get install etcd-server) or point $MESHCAST_ETCD at one", pytrace=False)
     return path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_writable(client_urls: list[str], timeout: float = READY_TIMEOUT,

@@ -1,0 +1,340 @@
+"""Proxying HTTP/1.1 exchanges: from the app to an upstream sidecar, and from a peer sidecar to the app.
+
+Theory of operation. One task serves one downstream connection: it reads a request head (`EventReader` turns the
+codec's events into a stream), obtains an upstream connection (pooled when possible: between sidecars a request
+never pays a TLS handshake), sends the head with the hop-by-hop fields removed and the caller's fields edited, then
+runs two pumps side by side: the request body downstream → upstream, and the response upstream → downstream.
+Bodies stream in both directions with bounded buffers (one read at a time); 100-continue and trailers pass
+through; a 101 (WebSocket) switches both connections to an opaque byte splice. Failures before the response head
+become an error response naming the reason in `x-meshcast-error` (503 no_healthy_upstream / connect_failure /
+connect_timeout / tls_failure, 502 upstream_reset / bad_upstream_response, 504 timeout); after the head has left,
+the downstream connection is closed instead (the only honest signal left). The upstream connection returns to
+the pool only when both messages completed and neither side asked to close.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from dataplane.codec.events import (
+    ConnectionClosed,
+    DataReceived,
+    Event,
+    MessageCompleted,
+    ProtocolSwitched,
+    ProtocolViolation,
+    RequestReceived,
+    ResponseReceived,
+)
+from dataplane.codec.http1 import ClientConnection, ServerConnection, serialize_response_head
+from dataplane.splice import splice
+from dataplane.transport.pool import ConnectionPool, Pooled
+from dataplane.transport.upstream import UpstreamError
+
+log = logging.getLogger("meshcast.dataplane.http")
+
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization"})
+READ_SIZE = 65536
+
+
+class PeerGone(Exception):
+    """The peer closed or broke its connection."""
+
+
+class EventReader:
+    """The codec's events one at a time, reading the stream when none are buffered."""
+
+    def __init__(self, conn: ServerConnection | ClientConnection, stream: trio.abc.ReceiveStream) -> None:
+        self.conn = conn
+        self.stream = stream
+        self._events: collections.deque[Event] = collections.deque()
+        self._error: ProtocolViolation | None = None
+        self.received_any = False
+
+    def buffered(self) -> bool:
+        return bool(self._events)
+
+    async def skip_end_of_bodyless(self) -> None:
+        """A request without body is followed by its MessageCompleted (parsed with the head): consume it."""
+        if not self._events:
+            event = await self.next()
+            if not isinstance(event, MessageCompleted):
+                self._events.appendleft(event)
+        elif isinstance(self._events[0], MessageCompleted):
+            self._events.popleft()
+
+    async def next(self) -> Event:
+        while not self._events:
+            if self._error is not None:
+                raise self._error
+            try:
+                data = bytes(await self.stream.receive_some(READ_SIZE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise PeerGone(str(exc)) from exc
+            try:
+                events = self.conn.receive_data(data) if data else self.conn.receive_eof()
+            except ProtocolViolation as exc:
+                events, self._error = exc.events or [], exc
+            if data:
+                self.received_any = True
+            elif not events and self._error is None:
+                raise PeerGone("closed")
+            self._events.extend(events)
+        return self._events.popleft()
+
+
+def forwarded_headers(headers: Iterable[tuple[bytes, bytes]], *, drop: frozenset[bytes] = frozenset(),
+                      add: Iterable[tuple[bytes, bytes]] = (), keep_upgrade: bool = False) -> list[tuple[bytes, bytes]]:
+    """Headers to forward: hop-by-hop fields (and those the Connection field names) removed, `drop` removed,
+    `add` appended. An upgrade keeps its Upgrade and Connection: upgrade fields."""
+    headers = list(headers)
+    named = {token.strip().lower() for key, value in headers if key.lower() == b"connection"
+             for token in value.split(b",")}
+    removed = (HOP_BY_HOP | named | drop) - ({b"upgrade"} if keep_upgrade else set())
+    out = [(k, v) for k, v in headers if k.lower() not in removed]
+    if keep_upgrade:
+        out = [(k, v) for k, v in out if k.lower() != b"connection"] + [(b"connection", b"upgrade")]
+    out.extend(add)
+    return out
+
+
+@dataclass
+class Upstream:
+    """Where one request goes: a pool and the key of its preferred destination, and a way to dial a fresh
+    connection, which answers the key it actually reached (a failed connect may be retried elsewhere)."""
+
+    pool: ConnectionPool[ClientConnection]
+    key: Hashable
+    dial: Callable[[], Awaitable[tuple[Hashable, trio.abc.HalfCloseableStream]]]
+
+
+def violation_bytes(status: int, reason: str) -> bytes:
+    """The answer to a request the codec refused: the connection is closed after it."""
+    body = f"{reason}\n".encode()
+    headers = [(b"content-type", b"text/plain"), (b"x-meshcast-error", reason.encode())]
+    return serialize_response_head(status, headers, body_length=len(body), close=True) + body
+
+
+def error_bytes(server: ServerConnection, status: int, reason: str) -> bytes:
+    body = f"{reason}\n".encode()
+    head = server.send_response(status, [(b"content-type", b"text/plain"), (b"x-meshcast-error", reason.encode())],
+                                body_length=len(body))
+    return head + server.send_data(body) + server.send_end()
+
+
+class Http1Proxy:
+    """Serves one downstream HTTP/1.1 connection, forwarding each request to the upstream `route` names."""
+
+    def __init__(
+        self,
+        downstream: trio.abc.HalfCloseableStream,
+        route: Callable[[RequestReceived], Upstream | UpstreamError],
+        *,
+        drop: frozenset[bytes] = frozenset(),
+        add: Callable[[RequestReceived], Iterable[tuple[bytes, bytes]]] = lambda request: (),
+        idle_timeout: float = 60.0,
+        header_timeout: float = 10.0,
+        response_timeout: float = 15.0,
+    ) -> None:
+        self.downstream = downstream
+        self.server = ServerConnection()
+        self.reader = EventReader(self.server, downstream)
+        self.route = route
+        self.drop = drop
+        self.add = add
+        self.idle_timeout = idle_timeout
+        self.header_timeout = header_timeout
+        self.response_timeout = response_timeout
+        self.requests = 0
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                # Slowloris: a head must arrive whole within the header timeout once its first byte came;
+                # a keep-alive connection may idle between requests for the idle timeout.
+                with trio.move_on_after(self.idle_timeout if self.requests else self.header_timeout) as idle:
+                    event = await self.reader.next()
+                if idle.cancelled_caught or isinstance(event, ConnectionClosed):
+                    return
+                if not isinstance(event, RequestReceived):
+                    return
+                self.requests += 1
+                if not await self._exchange(event):
+                    return
+                if self.server.must_close:
+                    return
+        except ProtocolViolation as exc:
+            log.info("bad request from downstream: %s", exc)
+            reason = {431: "headers_too_large", 413: "body_too_large", 414: "uri_too_long",
+                      505: "http_version_not_supported"}.get(exc.status, "bad_request")
+            await self._send_quietly(violation_bytes(exc.status, reason))
+            await self._linger()
+        except PeerGone:
+            return
+
+    async def _linger(self, seconds: float = 1.0, limit: int = 1 << 20) -> None:
+        """Half-close, then read and drop what the client is still sending (briefly), so that our answer is not
+        lost to a reset caused by unread data when the socket closes."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError), trio.move_on_after(seconds):
+            await self.downstream.send_eof()
+            drained = 0
+            while drained < limit and (data := await self.downstream.receive_some(READ_SIZE)):
+                drained += len(data)
+
+    async def _send_quietly(self, data: bytes) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.downstream.send_all(data)
+
+    async def _exchange(self, request: RequestReceived) -> bool:
+        """Forward one request and its response; False when the downstream connection must close."""
+        if request.body_length == 0 and request.upgrade is None:
+            await self.reader.skip_end_of_bodyless()
+        target = self.route(request)
+        if isinstance(target, UpstreamError):
+            await self._drain_request_body(request)
+            await self._send_quietly(error_bytes(self.server, 503, target.reason))
+            return not self.server.must_close
+        headers = forwarded_headers(request.headers, drop=self.drop, add=self.add(request),
+                                    keep_upgrade=request.upgrade is not None)
+        for attempt in (1, 2):
+            key = target.key
+            conn = target.pool.take(key)
+            fresh = conn is None
+            if conn is None:
+                try:
+                    key, stream = await target.dial()
+                except UpstreamError as exc:
+                    await self._drain_request_body(request)
+                    await self._send_quietly(error_bytes(self.server, 503, exc.reason))
+                    return not self.server.must_close
+                conn = Pooled(stream, ClientConnection())
+                target.pool.created += 1
+            outcome = await self._forward(request, headers, conn)
+            if outcome == "reuse":
+                target.pool.give_back(key, conn)
+                return True
+            await conn.stream.aclose()
+            if outcome == "retry":
+                if not fresh and attempt == 1:
+                    continue  # a pooled connection the upstream had closed: once more on a fresh one
+                await self._send_quietly(error_bytes(self.server, 502, "upstream_reset"))
+                return not self.server.must_close
+            return outcome == "done"
+        return False
+
+    async def _drain_request_body(self, request: RequestReceived) -> None:
+        """Read and drop the body of a request we answer ourselves, so the connection can carry the next one."""
+        if request.body_length == 0:
+            return  # its end was consumed with the head
+        while True:
+            event = await self.reader.next()
+            if isinstance(event, MessageCompleted | ConnectionClosed):
+                return
+
+    async def _forward(self, request: RequestReceived, headers: list[tuple[bytes, bytes]],
+                       conn: Pooled[ClientConnection]) -> str:
+        """One attempt. Returns reuse | done | close | retry (a pooled connection found dead before any reply)."""
+        client, upstream = conn.state, conn.stream
+        up_reader = EventReader(client, upstream)
+        try:
+            await upstream.send_all(client.send_request(request.method, request.target, headers,
+                                                        body_length=request.body_length))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return "retry"  # nothing of the request body has been read yet: safe to try again
+        state = {"request_done": request.body_length == 0, "head_sent": False, "switched": False}
+        result = "close"
+        async with trio.open_nursery() as nursery:
+            if request.body_length != 0:
+                nursery.start_soon(self._pump_request, client, upstream, state, nursery.cancel_scope)
+            try:
+                result = await self._pump_response(request, up_reader, state)
+            except (PeerGone, ProtocolViolation) as exc:
+                log.info("upstream exchange failed (%s): %s", type(exc).__name__, exc)
+                if state["head_sent"]:
+                    result = "close"
+                elif not up_reader.received_any and request.body_length == 0:
+                    result = "retry"  # closed before answering: a pooled connection the upstream had dropped
+                else:
+                    status, reason = (502, "bad_upstream_response") if isinstance(exc, ProtocolViolation) \
+                        else (502, "upstream_reset")
+                    await self._send_quietly(error_bytes(self.server, status, reason))
+                    result = "done" if state["request_done"] and not self.server.must_close else "close"
+            except trio.TooSlowError:
+                if not state["head_sent"]:
+                    await self._send_quietly(error_bytes(self.server, 504, "timeout"))
+                result = "close"
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                result = "close"  # the downstream went away
+            nursery.cancel_scope.cancel()
+        if result == "switched":
+            await self._tunnel(upstream, client)
+            return "close"
+        if result == "reuse" and not (state["request_done"] and not client.must_close):
+            return "close"
+        return result
+
+    async def _pump_request(self, client: ClientConnection, upstream: trio.abc.SendStream, state: dict[str, bool],
+                            cancel: trio.CancelScope) -> None:
+        try:
+            while True:
+                event = await self.reader.next()
+                if isinstance(event, DataReceived):
+                    await upstream.send_all(client.send_data(event.data))
+                elif isinstance(event, MessageCompleted):
+                    await upstream.send_all(client.send_end(event.trailers))
+                    state["request_done"] = True
+                    return
+                else:
+                    cancel.cancel()
+                    return
+        except (PeerGone, ProtocolViolation, trio.BrokenResourceError, trio.ClosedResourceError):
+            cancel.cancel()
+
+    async def _pump_response(self, request: RequestReceived, up: EventReader, state: dict[str, bool]) -> str:
+        with trio.fail_after(self.response_timeout):
+            event = await up.next()
+            while isinstance(event, ResponseReceived) and event.informational and event.status != 101:
+                await self.downstream.send_all(self.server.send_response(event.status, event.headers,
+                                                                         reason=event.reason))
+                event = await up.next()
+        if not isinstance(event, ResponseReceived):
+            raise PeerGone("no response head")
+        response = event
+        headers = forwarded_headers(response.headers, keep_upgrade=response.status == 101)
+        head = self.server.send_response(response.status, headers, reason=response.reason,
+                                         body_length=response.body_length)
+        await self.downstream.send_all(head)
+        state["head_sent"] = True
+        if response.status == 101:
+            return "switched"
+        while True:
+            event = await up.next()
+            if isinstance(event, DataReceived):
+                await self.downstream.send_all(self.server.send_data(event.data))
+            elif isinstance(event, MessageCompleted):
+                await self.downstream.send_all(self.server.send_end(event.trailers))
+                return "reuse" if response.keep_alive else "done"
+            elif isinstance(event, ProtocolSwitched):
+                return "switched"
+            else:
+                raise PeerGone("upstream closed mid-response")
+
+    async def _tunnel(self, upstream: trio.abc.HalfCloseableStream, client: ClientConnection) -> None:
+        """After a 101: relay what each side sent past its HTTP head, then splice bytes both ways."""
+        down_trailing = self.server.trailing_data if self.server.switched else b""
+        up_trailing = client.trailing_data if client.switched else b""
+        try:
+            if up_trailing:
+                await self.downstream.send_all(up_trailing)
+            if down_trailing:
+                await upstream.send_all(down_trailing)
+            await splice(self.downstream, upstream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass

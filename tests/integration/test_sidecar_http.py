@@ -1,0 +1,152 @@
+"""HTTP/1.1 through two real sidecars with a real client (curl): identity header, keep-alive, bodies, errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_sidecar_tcp import wait_for
+from tests.support.sidecar import SidecarProcess
+from tests.support.zone import ZoneCPProcess, free_port
+
+
+class EchoHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        payload = json.dumps({
+            "method": self.command, "path": self.path, "bodyLength": len(body),
+            "source": self.headers.get_all("x-meshcast-source"), "server": self.server.name,  # type: ignore[attr-defined]
+        }).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class HttpApp:
+    def __init__(self, name: str) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
+        self.server.name = name  # type: ignore[attr-defined]
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def http_dataplane(name: str, service: str, port: int, app_port: int, outbound: dict[str, int] | None = None,
+                   ) -> dict[str, Any]:
+    return {"type": "Dataplane", "mesh": "default", "name": name, "spec": {
+        "address": "127.0.0.1",
+        "inbound": [{"port": port, "appPort": app_port, "service": service, "protocol": "http"}],
+        "outbound": [{"port": p, "service": s} for s, p in (outbound or {}).items()]}}
+
+
+@pytest.fixture
+def http_mesh(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    cp = ZoneCPProcess(tmp_path / "cp", "--heartbeat-timeout", "3", "--heartbeat-interval", "0.5")
+    apps = [HttpApp("backend-1"), HttpApp("backend-2"), HttpApp("web-1")]
+    ports = {k: free_port() for k in ("b1", "b2", "web_in", "web_out", "nobody_out")}
+    started: list[SidecarProcess] = []
+    try:
+        cp.start()
+        sidecars = [
+            SidecarProcess(tmp_path / "backend-1", cp.url, cp.token("backend"),
+                           http_dataplane("backend-1", "backend", ports["b1"], apps[0].port)),
+            SidecarProcess(tmp_path / "backend-2", cp.url, cp.token("backend"),
+                           http_dataplane("backend-2", "backend", ports["b2"], apps[1].port)),
+            SidecarProcess(tmp_path / "web-1", cp.url, cp.token("web"),
+                           http_dataplane("web-1", "web", ports["web_in"], apps[2].port,
+                                          {"backend": ports["web_out"], "nobody": ports["nobody_out"]})),
+        ]
+        for sidecar in sidecars:
+            started.append(sidecar)
+            sidecar.start()
+        url = f"http://127.0.0.1:{ports['web_out']}"
+        wait_for(lambda: len({curl_json(url + "/warm")["server"] for _ in range(6)}) == 2)
+        yield {"url": url, "ports": ports, "tmp": tmp_path, "cp": cp}
+    finally:
+        for sidecar in started:
+            sidecar.stop()
+        cp.stop()
+        for app in apps:
+            app.close()
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["curl", "-sS", "--max-time", "20", *args], capture_output=True, text=True, timeout=30)
+
+
+def curl_json(url: str, *args: str) -> dict[str, Any]:
+    result = curl(url, *args)
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def test_request_reaches_the_app_with_the_callers_identity(http_mesh: dict[str, Any]) -> None:
+    answer = curl_json(http_mesh["url"] + "/hello?x=1", "-H", "x-meshcast-source: spiffe://default/admin")
+    assert answer["path"] == "/hello?x=1"
+    assert answer["source"] == ["spiffe://default/web"]  # the spoofed value never reaches the app
+    assert answer["server"] in ("backend-1", "backend-2")
+
+
+def test_keep_alive_bodies_and_100_continue(http_mesh: dict[str, Any], tmp_path: Path) -> None:
+    url = http_mesh["url"]
+    many = curl("-w", "\\n%{num_connects}\\n", *(f"{url}/r{i}" for i in range(5)))
+    assert many.returncode == 0 and many.stdout.count('"method": "GET"') == 5
+    assert many.stdout.strip().splitlines()[-1] == "0"  # curl reused its first connection for every request
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * (3 * 1024 * 1024))
+    posted = curl_json(url + "/upload", "--data-binary", f"@{big}", "-H", "Expect: 100-continue")
+    assert posted["bodyLength"] == 3 * 1024 * 1024
+    chunked = curl_json(url + "/chunked", "--data-binary", f"@{big}", "-H", "Transfer-Encoding: chunked")
+    assert chunked["bodyLength"] == 3 * 1024 * 1024
+
+
+def test_errors_are_http_answers(http_mesh: dict[str, Any]) -> None:
+    # 'nobody' has one registered HTTP instance that never speaks: first unreachable, then out of the endpoints.
+    ghost = http_dataplane("nobody-1", "nobody", free_port(), free_port())
+    applied = http_mesh["cp"].cli("apply", "-f", "-", stdin=json.dumps(ghost))
+    assert applied.returncode == 0, applied.stderr
+    nobody = f"http://127.0.0.1:{http_mesh['ports']['nobody_out']}/"
+
+    def answers(reason: str) -> bool:
+        result = curl("-i", nobody)
+        return result.stdout.startswith("HTTP/1.1 503") and f"x-meshcast-error: {reason}" in result.stdout.lower()
+
+    wait_for(lambda: answers("connect_failure"))
+    wait_for(lambda: answers("no_healthy_upstream"))  # after the heartbeat timeout
+    huge = curl("-o", "/dev/null", "-w", "%{http_code}", "-H", "x-big: " + "a" * 70000, http_mesh["url"] + "/")
+    assert huge.stdout == "431"
+    with socket.create_connection(("127.0.0.1", http_mesh["ports"]["web_out"]), timeout=10) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+        assert conn.recv(100).startswith(b"HTTP/1.1 400")
+    # The sidecar still serves after all that.
+    assert curl_json(http_mesh["url"] + "/after")["path"] == "/after"
