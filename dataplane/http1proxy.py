@@ -113,6 +113,7 @@ class Upstream:
     pool: ConnectionPool[ClientConnection]
     key: Hashable
     dial: Callable[[], Awaitable[tuple[Hashable, trio.abc.HalfCloseableStream]]]
+    done: Callable[[], None] = lambda: None  # called once the exchange is over, however it ended
 
 
 def violation_bytes(status: int, reason: str) -> bytes:
@@ -201,6 +202,12 @@ class Http1Proxy:
             await self._drain_request_body(request)
             await self._send_quietly(error_bytes(self.server, 503, target.reason))
             return not self.server.must_close
+        try:
+            return await self._exchange_with(request, target)
+        finally:
+            target.done()
+
+    async def _exchange_with(self, request: RequestReceived, target: Upstream) -> bool:
         headers = forwarded_headers(request.headers, drop=self.drop, add=self.add(request),
                                     keep_upgrade=request.upgrade is not None)
         for attempt in (1, 2):

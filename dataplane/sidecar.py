@@ -11,8 +11,8 @@ connection). HTTP/2 and gRPC from apps are spliced as opaque TCP until the HTTP/
 from __future__ import annotations
 
 import logging
-import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,11 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from dataplane.agent import ControlPlaneAgent
+from dataplane.balance import Endpoint, make_balancer
+from dataplane.balance.base import BalancerBase
+from dataplane.balance.outlier import OutlierDetector
 from dataplane.codec.http1 import ClientConnection
-from dataplane.config import EndpointConfig, ProxyConfig
+from dataplane.config import ProxyConfig
 from dataplane.http1proxy import Http1Proxy, Upstream
 from dataplane.listeners import ListenerSet, ListenerSpec
 from dataplane.metrics import SidecarMetrics
@@ -66,7 +69,7 @@ class Sidecar:
         self._idle = trio.Event()
         self._idle.set()
         self._config_changed = trio.Event()
-        self._rr = random.randrange(1 << 16)
+        self.balancers: dict[str, BalancerBase] = {}
         self.mesh_pool: ConnectionPool[ClientConnection] = ConnectionPool()
         self.app_pool: ConnectionPool[ClientConnection] = ConnectionPool()
 
@@ -74,6 +77,15 @@ class Sidecar:
 
     def _on_config(self, config: ProxyConfig) -> None:
         self.config = config
+        now = time.monotonic()
+        for outbound in config.outbound:
+            balancer = self.balancers.get(outbound.service)
+            if balancer is None:
+                balancer = self.balancers[outbound.service] = make_balancer(outlier=OutlierDetector())
+            # New requests see the new endpoints at once; requests in flight keep their connections.
+            balancer.update((Endpoint.from_snapshot(e.model_dump()) for e in outbound.endpoints), now=now)
+        for service in set(self.balancers) - {o.service for o in config.outbound}:
+            del self.balancers[service]
         self.connector.mtls = config.mtls.enabled
         self.metrics.config_version.clear()
         self.metrics.config_version.labels(version=self.agent.version or "saved").set(1)
@@ -208,47 +220,49 @@ class Sidecar:
 
     def _http_route(self, service: str) -> Upstream | UpstreamError:
         endpoint = self.pick(service, set())
-        if endpoint is None:
+        balancer = self.balancers.get(service)
+        if endpoint is None or balancer is None:
             return UpstreamError("no_healthy_upstream", f"service {service} has no endpoint")
 
         async def dial() -> tuple[tuple[str, int], trio.abc.HalfCloseableStream]:
             return await self._dial_endpoints(service, "http/1.1", first=endpoint)
 
-        return Upstream(self.mesh_pool, (endpoint.address, endpoint.port), dial)
+        balancer.started(endpoint)  # least-request counts requests in flight
+        return Upstream(self.mesh_pool, (endpoint.address, endpoint.port), dial,
+                        done=lambda: balancer.finished(endpoint))
 
-    def _endpoints(self, service: str) -> list[EndpointConfig]:
-        outbound = self.config.outbound_for(service) if self.config is not None else None
-        return list(outbound.endpoints) if outbound is not None else []
-
-    def pick(self, service: str, exclude: set[tuple[str, int]]) -> EndpointConfig | None:
-        candidates = [e for e in self._endpoints(service) if (e.address, e.port) not in exclude]
-        if not candidates:
-            return None
-        self._rr += 1
-        return candidates[self._rr % len(candidates)]
+    def pick(self, service: str, exclude: set[str]) -> Endpoint | None:
+        balancer = self.balancers.get(service)
+        return balancer.pick(exclude=exclude, now=time.monotonic()) if balancer is not None else None
 
     async def connect_upstream(self, service: str, alpn: str) -> trio.abc.HalfCloseableStream:
         """A connection to some endpoint of `service`, trying up to three endpoints; raises UpstreamError."""
         _, stream = await self._dial_endpoints(service, alpn)
         return stream
 
-    async def _dial_endpoints(self, service: str, alpn: str, first: EndpointConfig | None = None,
+    async def _dial_endpoints(self, service: str, alpn: str, first: Endpoint | None = None,
                               ) -> tuple[tuple[str, int], trio.abc.HalfCloseableStream]:
-        tried: set[tuple[str, int]] = set()
+        """Connect to `first` or a balancer's pick; a failed connect is reported (passive health) and retried on
+        another endpoint, up to CONNECT_ATTEMPTS endpoints."""
+        tried: set[str] = set()
         last: UpstreamError | None = None
+        balancer = self.balancers.get(service)
         for attempt in range(CONNECT_ATTEMPTS):
             endpoint = first if attempt == 0 and first is not None else self.pick(service, tried)
-            if endpoint is None:
+            if endpoint is None or balancer is None:
                 break
-            key = (endpoint.address, endpoint.port)
-            tried.add(key)
+            tried.add(endpoint.key)
             try:
                 stream = await self.connector.connect(endpoint.address, endpoint.port, service=service, alpn=alpn)
-                return key, stream
             except UpstreamError as exc:
                 self.metrics.upstream_errors.labels(service=service, reason=exc.reason).inc()
+                if balancer.connect_failed(endpoint, now=time.monotonic()):
+                    log.warning("upstream %s: %s ejected after repeated connect failures", service, endpoint.key)
                 log.info("upstream %s: %s", service, exc)
                 last = exc
+                continue
+            balancer.connect_succeeded(endpoint, now=time.monotonic())
+            return (endpoint.address, endpoint.port), stream
         if last is None:
             raise UpstreamError("no_healthy_upstream", f"service {service} has no endpoint")
         raise last
