@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -91,7 +92,7 @@ def http_mesh(tmp_path: Path) -> Iterator[dict[str, Any]]:
             sidecar.start()
         url = f"http://127.0.0.1:{ports['web_out']}"
         wait_for(lambda: len({curl_json(url + "/warm")["server"] for _ in range(6)}) == 2)
-        yield {"url": url, "ports": ports, "tmp": tmp_path, "cp": cp}
+        yield {"url": url, "ports": ports, "tmp": tmp_path, "cp": cp, "sidecars": sidecars}
     finally:
         for sidecar in started:
             sidecar.stop()
@@ -150,3 +151,38 @@ def test_errors_are_http_answers(http_mesh: dict[str, Any]) -> None:
         assert conn.recv(100).startswith(b"HTTP/1.1 400")
     # The sidecar still serves after all that.
     assert curl_json(http_mesh["url"] + "/after")["path"] == "/after"
+
+
+def test_killing_a_backend_under_load_fails_at_most_the_requests_in_flight(http_mesh: dict[str, Any]) -> None:
+    """Steady sequential traffic while one backend's sidecar is SIGKILLed: every request but the one in flight
+    at the kill succeeds (retried on the other instance), and the dead one leaves the endpoint lists."""
+    import httpx
+
+    backend_1 = next(s for s in http_mesh["sidecars"] if s.name == "backend-1")
+    web = next(s for s in http_mesh["sidecars"] if s.name == "web-1")
+    outcomes: list[int] = []
+    servers: list[str] = []
+    deadline = time.monotonic() + 8
+    killed_at: int | None = None
+    with httpx.Client(base_url=http_mesh["url"], timeout=10) as client:
+        while time.monotonic() < deadline:
+            if killed_at is None and len(outcomes) >= 50:
+                backend_1.stop(kill=True)
+                killed_at = len(outcomes)
+            try:
+                response = client.get("/load")
+                outcomes.append(response.status_code)
+                if response.status_code == 200:
+                    servers.append(response.json()["server"])
+            except httpx.HTTPError:
+                outcomes.append(0)
+    failures = [code for code in outcomes if code != 200]
+    assert killed_at is not None and len(outcomes) > killed_at + 50
+    assert len(failures) <= 1, f"{len(failures)} failed of {len(outcomes)}: {failures}"
+    assert set(servers[killed_at + 5:]) == {"backend-2"}
+
+    def endpoints() -> list[dict[str, Any]]:
+        config = httpx.get(web.admin + "/config").json()["config"]
+        return next(o for o in config["outbound"] if o["service"] == "backend")["endpoints"]
+
+    wait_for(lambda: [e["dataplane"] for e in endpoints()] == ["backend-2"], within=10)
