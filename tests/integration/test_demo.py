@@ -14,8 +14,11 @@ def test_demo_tour_runs_and_cleans_up(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "created the mesh 'default' with builtin mTLS" in out
-    assert "identity spiffe://default/web" in out
-    assert "outbound backend -> backend-1:10001" in out and "backend-2:10002" in out
+    # web's app called backend through both sidecars; each backend instance answered, seeing web's identity.
+    assert '"backend": "backend-1", "version": "v1", "caller": "spiffe://default/web"' in out
+    assert '"backend": "backend-2", "version": "v2", "caller": "spiffe://default/web"' in out
     assert "Demo stopped; everything it started has exited." in out
-    # The zone CP's log says it shut down on the demo's signal rather than being killed.
+    # Every process shut down on the demo's SIGTERM (the zone CP and each sidecar say so) rather than being killed.
     assert "shutting down" in (tmp_path / ".demo" / "zone-cp.log").read_text()
+    for sidecar in ("web-1", "backend-1", "backend-2"):
+        assert "draining" in (tmp_path / ".demo" / f"{sidecar}.log").read_text()
