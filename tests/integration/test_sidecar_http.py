@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.integration.test_sidecar_tcp import wait_for
 from tests.support.sidecar import SidecarProcess
@@ -186,3 +189,69 @@ def test_killing_a_backend_under_load_fails_at_most_the_requests_in_flight(http_
         return next(o for o in config["outbound"] if o["service"] == "backend")["endpoints"]
 
     wait_for(lambda: [e["dataplane"] for e in endpoints()] == ["backend-2"], within=10)
+
+
+_REQUEST_LINES = st.sampled_from([
+    b"GET / HTTP/1.1\r\n", b"GET /x HTTP/1.0\r\n", b"POST /u HTTP/1.1\r\n", b"GET / HTTP/2.0\r\n",
+    b"BREW / HTCPCP/1.0\r\n", b"GET /a b HTTP/1.1\r\n", b"\x00\x01\x02\r\n", b"GET / HTTP/1.1\n", b"",
+])
+_HEADER_LINES = st.sampled_from([
+    b"Host: x\r\n", b"Content-Length: 5\r\n", b"Content-Length: -1\r\n", b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: gzip, chunked\r\n", b"Content-Length: 99999999999999999999\r\n", b"Expect: 100-continue\r\n",
+    b"Connection: Upgrade\r\nUpgrade: websocket\r\n", b"X: \x00\r\n", b" folded\r\n", b"no-colon\r\n",
+    b"X-Long: " + b"a" * 20000 + b"\r\n", b"Host: a\r\nHost: b\r\n",
+])
+_BODIES = st.sampled_from([b"", b"hello", b"5\r\nhello\r\n0\r\n\r\n", b"ffffffffffffffff\r\n", b"zz\r\n", b"0\r\n\r\n"])
+adversarial = st.one_of(
+    st.binary(max_size=512),
+    st.builds(lambda line, headers, body, garbage: line + b"".join(headers) + b"\r\n" + body + garbage,
+              _REQUEST_LINES, st.lists(_HEADER_LINES, max_size=6), _BODIES, st.binary(max_size=32)),
+    st.builds(lambda n: b"GET / HTTP/1.1\r\n" + b"X-Flood: 1\r\n" * n + b"\r\n", st.integers(90, 400)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=adversarial, close_early=st.booleans())
+def test_adversarial_http_never_breaks_the_sidecar(http_mesh: dict[str, Any], data: bytes, close_early: bool) -> None:
+    """Malformed and hostile input gets an error answer or a closed connection; the sidecar keeps serving."""
+    port = http_mesh["ports"]["web_out"]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.settimeout(2)
+        try:
+            conn.sendall(data)
+            if close_early:
+                conn.shutdown(socket.SHUT_WR)
+            reply = conn.recv(200)
+        except (TimeoutError, ConnectionResetError, BrokenPipeError):
+            reply = b""
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 "), reply
+    # And it still serves a well-formed request at once.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(b"GET /ok HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+        conn.settimeout(10)
+        assert conn.recv(12) == b"HTTP/1.1 200"
+
+
+def test_sidecar_is_intact_after_adversarial_input(http_mesh: dict[str, Any]) -> None:
+    """Bad connections at both listeners, then: still serving, and no connection left open (the
+    active-connections gauge returns to zero)."""
+    import httpx
+
+    port = http_mesh["ports"]["web_out"]
+    for payload in (b"\x16\x03\x01garbage", b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 500, b"GET /" + b"a" * 70000):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn, contextlib.suppress(OSError):
+            conn.sendall(payload)
+            conn.settimeout(2)
+            conn.recv(100)
+    for backend_port in (http_mesh["ports"]["b1"], http_mesh["ports"]["b2"]):  # TLS garbage at the inbound
+        with socket.create_connection(("127.0.0.1", backend_port), timeout=5) as conn, contextlib.suppress(OSError):
+            conn.sendall(b"\x16\x03\x01\x00\x05hello" + bytes(range(256)))
+            conn.settimeout(2)
+            conn.recv(100)
+    assert curl_json(http_mesh["url"] + "/still")["path"] == "/still"
+    web = next(s for s in http_mesh["sidecars"] if s.name == "web-1")
+
+    def no_open_connections() -> bool:
+        metrics = httpx.get(web.admin + "/metrics").text
+        return 'meshcast_dp_active_connections{direction="outbound"} 0.0' in metrics
+    wait_for(no_open_connections, within=10)
