@@ -315,20 +315,29 @@ class Http1Proxy:
             raise PeerGone("no response head")
         response = event
         headers = forwarded_headers(response.headers, keep_upgrade=response.status == 101)
-        head = self.server.send_response(response.status, headers, reason=response.reason,
-                                         body_length=response.body_length)
-        await self.downstream.send_all(head)
+        pending = bytearray(self.server.send_response(response.status, headers, reason=response.reason,
+                                                      body_length=response.body_length))
         state["head_sent"] = True
         if response.status == 101:
+            await self.downstream.send_all(pending)
             return "switched"
+        # Coalesce: what the upstream already sent (head, body pieces, end) leaves in one write, so a small
+        # response costs one system call and one TLS record, not three.
         while True:
+            if pending and not up.buffered():
+                await self.downstream.send_all(pending)
+                pending.clear()
             event = await up.next()
             if isinstance(event, DataReceived):
-                await self.downstream.send_all(self.server.send_data(event.data))
+                pending += self.server.send_data(event.data)
             elif isinstance(event, MessageCompleted):
-                await self.downstream.send_all(self.server.send_end(event.trailers))
+                pending += self.server.send_end(event.trailers)
+                if pending:
+                    await self.downstream.send_all(pending)
                 return "reuse" if response.keep_alive else "done"
             elif isinstance(event, ProtocolSwitched):
+                if pending:
+                    await self.downstream.send_all(pending)
                 return "switched"
             else:
                 raise PeerGone("upstream closed mid-response")
