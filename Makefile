@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # etcd-server/etcd-client: the store and its tests; curl: real-client checks; iproute2: network namespaces.
 DEB_PACKAGES := etcd-server etcd-client curl iproute2 ca-certificates
+# Only `make bench` needs these: load generators and the reference proxies the sidecars are measured against.
+BENCH_PACKAGES := wrk nghttp2-client haproxy nginx-light
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint unit bench deps clean
@@ -27,8 +29,11 @@ unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 bench: deps $(STAMP)
+	@$(MAKE) --no-print-directory DEB_PACKAGES="$(BENCH_PACKAGES)" deps
 	$(BIN)/python bench/bench_certs.py
 	$(BIN)/python bench/bench_push.py
+	$(BIN)/python bench/bench_http1.py
+	$(BIN)/python bench/bench_proxy.py
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
