@@ -192,14 +192,19 @@ class Sidecar:
             except (OSError, trio.TooSlowError) as exc:
                 log.warning("inbound %s: the app at %s is unreachable: %s", spec.port, spec.target, exc)
                 return
-            try:
-                sent, received = await splice(peer, app)
-                self.metrics.bytes.labels(direction="inbound").inc(sent + received)
-            finally:
-                await app.aclose()
+            await self._splice_and_close(peer, app, "inbound")
         finally:
             self._end("inbound")
             await peer.aclose()
+
+    async def _splice_and_close(self, near: trio.abc.HalfCloseableStream, far: trio.abc.HalfCloseableStream,
+                                direction: str) -> None:
+        """Relay opaque bytes both ways, count them, and close the far side (the caller closes the near one)."""
+        try:
+            sent, received = await splice(near, far)
+            self.metrics.bytes.labels(direction=direction).inc(sent + received)
+        finally:
+            await far.aclose()
 
     async def _inbound_http(self, spec: ListenerSpec, peer: trio.abc.HalfCloseableStream, caller: str | None) -> None:
         host, _, port_text = spec.target.rpartition(":")
@@ -280,11 +285,7 @@ class Sidecar:
             except UpstreamError as exc:
                 log.warning("outbound %s: %s", spec.target, exc)
                 return
-            try:
-                sent, received = await splice(stream, upstream)
-                self.metrics.bytes.labels(direction="outbound").inc(sent + received)
-            finally:
-                await upstream.aclose()
+            await self._splice_and_close(stream, upstream, "outbound")
         finally:
             self._end("outbound")
             await stream.aclose()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from tests.support.process import stop_process
 from tests.support.zone import free_port, meshcast_cmd
 
 
@@ -48,14 +47,7 @@ class SidecarProcess:
         raise RuntimeError(f"sidecar {self.name} not ready after {timeout}s:\n{self.log()}")
 
     def stop(self, *, kill: bool = False) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process(self.proc, kill=kill)
 
     def log(self) -> str:
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.ports import free_port
+from tests.support.process import stop_process
 
 
 def meshcast_cmd(*args: str) -> list[str]:
@@ -49,14 +49,7 @@ class ZoneCPProcess:
         raise RuntimeError(f"zone CP not ready after {timeout}s:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process(self.proc)
 
     def log(self) -> str:
         try:
