@@ -13,6 +13,8 @@ class SidecarMetrics:
         self.active = Gauge("meshcast_dp_active_connections", "Connections open", ["direction"], registry=registry)
         self.upstream_errors = Counter("meshcast_dp_upstream_errors", "Failed attempts to reach an endpoint",
                                        ["service", "reason"], registry=registry)
+        self.upstream_connects = Counter("meshcast_dp_upstream_connects", "New connections to endpoints (a pooled "
+                                         "connection reused is not one)", ["service"], registry=registry)
         self.refused = Counter("meshcast_dp_inbound_refused", "Inbound connections refused before the app",
                                ["reason"], registry=registry)
         self.bytes = Counter("meshcast_dp_bytes", "Bytes proxied", ["direction"], registry=registry)

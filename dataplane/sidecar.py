@@ -267,6 +267,7 @@ class Sidecar:
                 last = exc
                 continue
             balancer.connect_succeeded(endpoint, now=time.monotonic())
+            self.metrics.upstream_connects.labels(service=service).inc()
             return (endpoint.address, endpoint.port), stream
         if last is None:
             raise UpstreamError("no_healthy_upstream", f"service {service} has no endpoint")

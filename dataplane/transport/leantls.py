@@ -79,7 +79,8 @@ class LeanTLSStream(trio.abc.HalfCloseableStream):
             except ssl.SSLWantReadError:
                 if self._eof:
                     return b""
-                await self._send_pending()  # e.g. a key update answer
+                if self._outgoing.pending:  # e.g. a key update answer; usually nothing, and no lock taken
+                    await self._send_pending()
                 if not await self._receive_into_bio():
                     self._eof = True
                 continue

@@ -28,6 +28,7 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         size = max_bytes or 65536
+        waited = False
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("stream closed")
@@ -35,10 +36,12 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
                 data = self.socket.recv(size)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.socket)
+                waited = True
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError(str(exc)) from exc
-            await trio.lowlevel.checkpoint()
+            if not waited:  # every call is a checkpoint; a call that waited already was one
+                await trio.lowlevel.checkpoint()
             return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
