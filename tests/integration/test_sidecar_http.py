@@ -255,3 +255,92 @@ def test_sidecar_is_intact_after_adversarial_input(http_mesh: dict[str, Any]) ->
         metrics = httpx.get(web.admin + "/metrics").text
         return 'meshcast_dp_active_connections{direction="outbound"} 0.0' in metrics
     wait_for(no_open_connections, within=10)
+
+
+class WebSocketEchoApp:
+    """A WebSocket echo server (wsproto over a plain socket, a thread per connection)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        from wsproto import ConnectionType, WSConnection
+        from wsproto.events import AcceptConnection, CloseConnection, Message, Request
+
+        ws = WSConnection(ConnectionType.SERVER)
+        with conn:
+            while data := conn.recv(65536):
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, Request):
+                        conn.sendall(ws.send(AcceptConnection()))
+                    elif isinstance(event, Message):
+                        conn.sendall(ws.send(Message(data=event.data)))
+                    elif isinstance(event, CloseConnection):
+                        conn.sendall(ws.send(event.response()))
+                        return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_websocket_echo_through_two_sidecars(tmp_path: Path) -> None:
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Message, Request
+
+    cp = ZoneCPProcess(tmp_path / "cp")
+    app = WebSocketEchoApp()
+    ws_in, web_out = free_port(), free_port()
+    started: list[SidecarProcess] = []
+    try:
+        cp.start()
+        for name, service, port, outbound in (("ws-1", "ws", ws_in, {}), ("web-1", "web", free_port(),
+                                                                           {"ws": web_out})):
+            sidecar = SidecarProcess(tmp_path / name, cp.url, cp.token(service),
+                                     http_dataplane(name, service, port, app.port, outbound))
+            started.append(sidecar)
+            sidecar.start()
+        import httpx
+
+        web_admin = started[1].admin
+
+        def ws_endpoint_known() -> bool:
+            config = httpx.get(web_admin + "/config").json()["config"]
+            return any(o["service"] == "ws" and o["endpoints"] for o in config["outbound"])
+
+        wait_for(ws_endpoint_known)
+        client = WSConnection(ConnectionType.CLIENT)
+        with socket.create_connection(("127.0.0.1", web_out), timeout=10) as conn:
+            conn.sendall(client.send(Request(host="ws", target="/echo")))
+            received: list[str] = []
+            accepted = False
+            messages = [f"message {i} " + "x" * (i * 1000) for i in range(5)]
+            while len(received) < len(messages):
+                client.receive_data(conn.recv(65536))
+                for event in client.events():
+                    if isinstance(event, AcceptConnection):
+                        accepted = True
+                        for text in messages:
+                            conn.sendall(client.send(Message(data=text)))
+                    elif isinstance(event, Message):
+                        received.append(str(event.data))
+            assert accepted and received == messages
+            conn.sendall(client.send(CloseConnection(code=1000)))
+            client.receive_data(conn.recv(65536))
+            assert any(isinstance(e, CloseConnection) for e in client.events())
+    finally:
+        for sidecar in started:
+            sidecar.stop()
+        cp.stop()
+        app.close()
