@@ -50,6 +50,16 @@ class InboundConfig(_Model):
         return self.app_port or self.port
 
 
+class HttpProxyConfig(_Model):
+    port: int = Field(ge=1, le=65535)
+    address: str = "127.0.0.1"
+
+
+class ServiceConfig(_Model):
+    protocol: Protocol = "tcp"
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
+
+
 class MtlsConfig(_Model):
     enabled: bool = False
     cert_ttl: str = Field(default="24h", alias="certTTL")
@@ -64,6 +74,15 @@ class ProxyConfig(_Model):
     inbound: list[InboundConfig] = Field(default_factory=list)
     outbound: list[OutboundConfig] = Field(default_factory=list)
     heartbeat_interval: float = Field(default=2.0, alias="heartbeatInterval", gt=0)
+    http_proxy: HttpProxyConfig | None = Field(default=None, alias="httpProxy")
+    services: dict[str, ServiceConfig] = Field(default_factory=dict)
+
+    def upstream(self, service: str) -> ServiceConfig | None:
+        """Endpoints and protocol of `service`, from its outbound or, in proxy mode, the mesh's service list."""
+        outbound = self.outbound_for(service)
+        if outbound is not None:
+            return ServiceConfig(protocol=outbound.protocol, endpoints=outbound.endpoints)
+        return self.services.get(service)
 
     def outbound_for(self, service: str) -> OutboundConfig | None:
         for outbound in self.outbound:
@@ -86,6 +105,8 @@ def parse_snapshot(snapshot: Any, *, mesh: str, name: str) -> ProxyConfig:
     if (config.mesh, config.dataplane) != (mesh, name):
         raise InvalidConfig(f"snapshot is for {config.mesh}/{config.dataplane}, not {mesh}/{name}")
     ports = [i.port for i in config.inbound] + [o.port for o in config.outbound]
+    if config.http_proxy is not None:
+        ports.append(config.http_proxy.port)
     if len(ports) != len(set(ports)):
         raise InvalidConfig("two listeners share a port")
     return config

@@ -26,7 +26,7 @@ Handler = Callable[[LeanSocketStream], Awaitable[None]]
 
 @dataclass(frozen=True)
 class ListenerSpec:
-    direction: str  # inbound | outbound
+    direction: str  # inbound | outbound | proxy (HTTP proxy mode: the Host header names the service)
     address: str
     port: int
     protocol: str
@@ -66,6 +66,8 @@ class ListenerSet:
 
     def wanted(self, config: ProxyConfig) -> set[ListenerSpec]:
         specs = {ListenerSpec.of_inbound(config, i) for i in config.inbound}
+        if config.http_proxy is not None:
+            specs.add(ListenerSpec("proxy", config.http_proxy.address, config.http_proxy.port, "http", "*.mesh"))
         return specs | {ListenerSpec.of_outbound(o) for o in config.outbound}
 
     async def reconcile(self, config: ProxyConfig, nursery: trio.Nursery) -> None:

@@ -24,6 +24,7 @@ from dataplane.agent import ControlPlaneAgent
 from dataplane.balance import Endpoint, make_balancer
 from dataplane.balance.base import BalancerBase
 from dataplane.balance.outlier import OutlierDetector
+from dataplane.codec.events import RequestReceived
 from dataplane.codec.http1 import ClientConnection
 from dataplane.config import ProxyConfig
 from dataplane.http1proxy import Http1Proxy, Upstream
@@ -78,13 +79,15 @@ class Sidecar:
     def _on_config(self, config: ProxyConfig) -> None:
         self.config = config
         now = time.monotonic()
-        for outbound in config.outbound:
-            balancer = self.balancers.get(outbound.service)
+        upstreams = {o.service: o.endpoints for o in config.outbound}
+        upstreams.update({name: svc.endpoints for name, svc in config.services.items() if name not in upstreams})
+        for service, endpoints in upstreams.items():
+            balancer = self.balancers.get(service)
             if balancer is None:
-                balancer = self.balancers[outbound.service] = make_balancer(outlier=OutlierDetector())
+                balancer = self.balancers[service] = make_balancer(outlier=OutlierDetector())
             # New requests see the new endpoints at once; requests in flight keep their connections.
-            balancer.update((Endpoint.from_snapshot(e.model_dump()) for e in outbound.endpoints), now=now)
-        for service in set(self.balancers) - {o.service for o in config.outbound}:
+            balancer.update((Endpoint.from_snapshot(e.model_dump()) for e in endpoints), now=now)
+        for service in set(self.balancers) - set(upstreams):
             del self.balancers[service]
         self.connector.mtls = config.mtls.enabled
         self.metrics.config_version.clear()
@@ -154,7 +157,32 @@ class Sidecar:
     def _handler_for(self, spec: ListenerSpec) -> Callable[[LeanSocketStream], Awaitable[None]]:
         if spec.direction == "inbound":
             return lambda stream: self._inbound(spec, stream)
+        if spec.direction == "proxy":
+            return self._proxy_mode
         return lambda stream: self._outbound(spec, stream)
+
+    async def _proxy_mode(self, stream: LeanSocketStream) -> None:
+        """HTTP proxy mode: each request's Host (`<service>.mesh`, any port) names the service it goes to."""
+        self.metrics.connections.labels(direction="outbound", service="*.mesh").inc()
+        self._begin("outbound")
+        try:
+            await Http1Proxy(stream, self._route_by_host).serve()
+        finally:
+            self._end("outbound")
+            await stream.aclose()
+
+    def _route_by_host(self, request: RequestReceived) -> Upstream | UpstreamError:
+        host = (request.headers.get(b"host") or b"").decode("latin-1").lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if not name.endswith(".mesh"):
+            return UpstreamError("unknown_service", f"Host {host!r} is not <service>.mesh")
+        service = name[: -len(".mesh")]
+        upstream = self.config.upstream(service) if self.config is not None else None
+        if upstream is None:
+            return UpstreamError("unknown_service", f"no service {service!r} in mesh {self.mesh}")
+        if upstream.protocol != "http":
+            return UpstreamError("not_http", f"service {service!r} speaks {upstream.protocol}, not http")
+        return self._http_route(service)
 
     async def _inbound(self, spec: ListenerSpec, stream: LeanSocketStream) -> None:
         self.metrics.connections.labels(direction="inbound", service=spec.target).inc()

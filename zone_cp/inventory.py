@@ -148,7 +148,7 @@ class Inventory:
                     "endpoints": self.endpoints(mesh, out.service),
                 }
             )
-        return {
+        snapshot: dict[str, Any] = {
             "mesh": mesh,
             "dataplane": name,
             "zone": self.zone,
@@ -161,3 +161,11 @@ class Inventory:
             "outbound": outbound,
             "heartbeatInterval": self.heartbeat_interval,
         }
+        if spec.http_proxy is not None:
+            # Proxy mode reaches any service of the mesh by name, so the sidecar gets all of them.
+            snapshot["httpProxy"] = spec.http_proxy.model_dump(mode="json", by_alias=True)
+            services = sorted({i.service for dp in self.dataplanes.values() if dp.mesh == mesh
+                               for i in dp.spec.inbound})  # type: ignore[attr-defined]
+            snapshot["services"] = {svc: {"protocol": self.protocol(mesh, svc), "endpoints": self.endpoints(mesh, svc)}
+                                    for svc in services}
+        return snapshot

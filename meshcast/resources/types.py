@@ -136,10 +136,18 @@ class Outbound(Spec):
     address: Address = "127.0.0.1"
 
 
+class HttpProxy(Spec):
+    """An HTTP proxy listener for the app: `Host: <service>.mesh` selects the upstream service."""
+
+    port: Port
+    address: Address = "127.0.0.1"
+
+
 class DataplaneSpec(Spec):
     address: Address
     inbound: Annotated[list[Inbound], Field(min_length=1)]
     outbound: list[Outbound] = Field(default_factory=list)
+    http_proxy: HttpProxy | None = None
 
     @property
     def services(self) -> list[str]:
@@ -160,6 +168,10 @@ def _check_dataplane(resource: Resource) -> Iterable[Violation]:
             yield Violation(f"spec.outbound[{idx}].port", f"port {outbound.port} is used by another outbound")
         elif outbound.port in in_ports and outbound.address == spec.address:
             yield Violation(f"spec.outbound[{idx}].port", f"port {outbound.port} is already an inbound port")
+    proxy = spec.http_proxy
+    if proxy is not None and ((proxy.address, proxy.port) in out_ports or
+                              (proxy.address == spec.address and proxy.port in in_ports)):
+        yield Violation("spec.httpProxy.port", f"port {proxy.port} is already used by an inbound or outbound")
 
 
 DATAPLANE = register(

@@ -77,7 +77,7 @@ def http_dataplane(name: str, service: str, port: int, app_port: int, outbound: 
 def http_mesh(tmp_path: Path) -> Iterator[dict[str, Any]]:
     cp = ZoneCPProcess(tmp_path / "cp", "--heartbeat-timeout", "3", "--heartbeat-interval", "0.5")
     apps = [HttpApp("backend-1"), HttpApp("backend-2"), HttpApp("web-1")]
-    ports = {k: free_port() for k in ("b1", "b2", "web_in", "web_out", "nobody_out")}
+    ports = {k: free_port() for k in ("b1", "b2", "web_in", "web_out", "nobody_out", "proxy")}
     started: list[SidecarProcess] = []
     try:
         cp.start()
@@ -87,8 +87,9 @@ def http_mesh(tmp_path: Path) -> Iterator[dict[str, Any]]:
             SidecarProcess(tmp_path / "backend-2", cp.url, cp.token("backend"),
                            http_dataplane("backend-2", "backend", ports["b2"], apps[1].port)),
             SidecarProcess(tmp_path / "web-1", cp.url, cp.token("web"),
-                           http_dataplane("web-1", "web", ports["web_in"], apps[2].port,
-                                          {"backend": ports["web_out"], "nobody": ports["nobody_out"]})),
+                           {**(web := http_dataplane("web-1", "web", ports["web_in"], apps[2].port,
+                                                     {"backend": ports["web_out"], "nobody": ports["nobody_out"]})),
+                            "spec": {**web["spec"], "httpProxy": {"port": ports["proxy"]}}}),
         ]
         for sidecar in sidecars:
             started.append(sidecar)
@@ -344,3 +345,15 @@ def test_websocket_echo_through_two_sidecars(tmp_path: Path) -> None:
             sidecar.stop()
         cp.stop()
         app.close()
+
+
+def test_http_proxy_mode_routes_by_host(http_mesh: dict[str, Any]) -> None:
+    proxy = f"http://127.0.0.1:{http_mesh['ports']['proxy']}"
+    by_host = curl_json(proxy + "/via-host", "-H", "Host: backend.mesh")
+    assert by_host["path"] == "/via-host" and by_host["source"] == ["spiffe://default/web"]
+    as_proxy = curl_json("http://backend.mesh/via-proxy", "-x", proxy)  # absolute-form, as HTTP proxies get it
+    assert as_proxy["path"].endswith("/via-proxy")
+    unknown = curl("-i", proxy + "/", "-H", "Host: nosuch.mesh")
+    assert unknown.stdout.startswith("HTTP/1.1 503") and "x-meshcast-error: unknown_service" in unknown.stdout.lower()
+    outside = curl("-i", proxy + "/", "-H", "Host: example.com")
+    assert "x-meshcast-error: unknown_service" in outside.stdout.lower()
