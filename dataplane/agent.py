@@ -129,6 +129,23 @@ class ControlPlaneAgent:
             await self._ready.wait()
             task_status.started()
 
+    async def follow_saved(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                           interval: float = 0.5) -> None:
+        """Worker mode (`--workers N`): apply what the leading process saves, instead of talking to the CP.
+
+        The leader writes the config and identity atomically (rename), so a worker polling their modification
+        times always reads a whole file; it is `started` once it has a config (and an identity if needed)."""
+        seen: tuple[float, ...] = ()
+        started = False
+        while True:
+            stamps = tuple(_mtime(self.state_dir / name) for name in (CONFIG_FILE, f"{IDENTITY_DIR}/chain.pem"))
+            if stamps != seen:
+                seen = stamps
+                if self.load_saved() and not started and (self.identity or not self.config_needs_identity()):
+                    started = True
+                    task_status.started()
+            await trio.sleep(interval)
+
     def config_needs_identity(self) -> bool:
         return self.config is not None and self.config.mtls.enabled
 
@@ -220,3 +237,10 @@ class ControlPlaneAgent:
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime_ns / 1e9
+    except OSError:
+        return 0.0

@@ -44,10 +44,13 @@ class ListenerSpec:
         return cls("outbound", outbound.address, outbound.port, "auto", outbound.service)
 
 
-def bind(address: str, port: int) -> socket.socket:
+def bind(address: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        # --workers N: every worker process binds the same listeners and the kernel spreads connections.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((address, port))
         sock.listen(1024)
@@ -58,7 +61,9 @@ def bind(address: str, port: int) -> socket.socket:
 
 
 class ListenerSet:
-    def __init__(self, handler_for: Callable[[ListenerSpec], Handler], connections: trio.Nursery) -> None:
+    def __init__(self, handler_for: Callable[[ListenerSpec], Handler], connections: trio.Nursery, *,
+                 reuse_port: bool = False) -> None:
+        self._reuse_port = reuse_port
         self._handler_for = handler_for
         self._connections = connections
         self._running: dict[ListenerSpec, tuple[trio.CancelScope, socket.socket]] = {}
@@ -76,7 +81,7 @@ class ListenerSet:
             self.stop(spec)
         for spec in sorted(wanted - set(self._running), key=lambda s: (s.direction, s.port)):
             try:
-                sock = bind(spec.address, spec.port)
+                sock = bind(spec.address, spec.port, reuse_port=self._reuse_port)
             except OSError as exc:
                 self.errors[spec] = f"cannot listen on {spec.address}:{spec.port}: {exc.strerror}"
                 log.error("%s", self.errors[spec])

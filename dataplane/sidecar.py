@@ -54,7 +54,13 @@ class Sidecar:
         cp_ssl_context: ssl.SSLContext | None = None,
         registry: CollectorRegistry | None = None,
         connect_timeout: float = 5.0,
+        workers: int = 1,
+        follower: bool = False,
     ) -> None:
+        """`workers` > 1 binds listeners with SO_REUSEPORT; a `follower` (a worker process) applies the state the
+        leading process saves instead of talking to the control plane."""
+        self.workers = workers
+        self.follower = follower
         self.metrics = SidecarMetrics(registry or CollectorRegistry())
         self.agent = ControlPlaneAgent(
             cp_url=cp_url, token=token, dataplane=dataplane, state_dir=state_dir, cp_ssl_context=cp_ssl_context,
@@ -114,8 +120,8 @@ class Sidecar:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as connections, trio.open_nursery() as nursery:
-            self.listeners = ListenerSet(self._handler_for, connections)
-            await nursery.start(self.agent.run)
+            self.listeners = ListenerSet(self._handler_for, connections, reuse_port=self.workers > 1)
+            await nursery.start(self.agent.follow_saved if self.follower else self.agent.run)
             nursery.start_soon(self._follow_config, nursery)
             await self._reconcile(nursery)
             task_status.started()

@@ -318,6 +318,9 @@ def dataplane_group() -> None:
               help="CA to verify an https control plane.")
 @click.option("--drain-timeout", type=float, default=10.0, show_default=True,
               help="Seconds to let connections in flight finish after SIGTERM.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Processes sharing the listeners (SO_REUSEPORT); 1 for a sidecar, one per core for gateways.")
+@click.option("--follower", is_flag=True, hidden=True, help="Internal: a worker process following the leader's state.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def dataplane_run(cp_url: str, log_level: str, **options: Any) -> None:
     """Run a sidecar until SIGTERM or SIGINT (then drain)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -24,9 +26,27 @@ def _load_dataplane(path: Path) -> dict[str, object]:
     return resources[0].to_dict(meta=False)
 
 
+def _spawn_workers(count: int, argv: list[str]) -> list[subprocess.Popen[bytes]]:
+    """Worker processes: the same command as ours, as followers of our saved state (no CP, no admin)."""
+    command = [sys.executable, "-m", "meshcast.cli.main", *argv, "--follower"]
+    return [subprocess.Popen(command) for _ in range(count)]
+
+
+def _stop_workers(workers: list[subprocess.Popen[bytes]], grace: float) -> None:
+    for proc in workers:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in workers:
+        try:
+            proc.wait(timeout=grace + 5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run_dataplane(
     *, cp: str, token_file: Path, dataplane_file: Path, state_dir: Path | None, admin_addr: str,
-    ca_file: Path | None, drain_timeout: float,
+    ca_file: Path | None, drain_timeout: float, workers: int = 1, follower: bool = False,
 ) -> None:
     from dataplane.admin import serve_admin
     from dataplane.listeners import bind
@@ -48,8 +68,28 @@ def run_dataplane(
         raise click.BadParameter(str(exc), param_hint="--admin-addr") from None
     cp_ssl = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
 
+    if workers < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--workers")
+
+    async def follow() -> None:
+        sidecar = Sidecar(cp_url=cp, token=token, dataplane=doc, state_dir=state, cp_ssl_context=cp_ssl,
+                          workers=2, follower=True)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(sidecar.run)
+                async for _ in signals:
+                    await sidecar.drain(drain_timeout)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    if follower:
+        trio.run(follow)
+        return
+    spawned: list[subprocess.Popen[bytes]] = []
+
     async def main() -> None:
-        sidecar = Sidecar(cp_url=cp, token=token, dataplane=doc, state_dir=state, cp_ssl_context=cp_ssl)
+        sidecar = Sidecar(cp_url=cp, token=token, dataplane=doc, state_dir=state, cp_ssl_context=cp_ssl,
+                          workers=workers)
         try:
             admin_sock = bind(admin_host, admin_port)
         except OSError as exc:
@@ -60,9 +100,14 @@ def run_dataplane(
                 click.echo(f"dataplane {mesh}/{name}: admin on {admin_host}:{admin_sock.getsockname()[1]}, "
                            "waiting for a config", err=True)
                 await nursery.start(sidecar.run)
-                click.echo(f"dataplane {mesh}/{name} ready (config {sidecar.agent.version})", err=True)
+                if workers > 1:  # they follow the state this process saved before it became ready
+                    spawned.extend(_spawn_workers(workers - 1, sys.argv[1:]))
+                click.echo(f"dataplane {mesh}/{name} ready (config {sidecar.agent.version}, "
+                           f"{workers} worker process(es))", err=True)
                 async for signum in signals:
                     log.info("%s: draining (up to %.0fs)", signal.Signals(signum).name, drain_timeout)
+                    for proc in spawned:
+                        proc.send_signal(signal.SIGTERM)
                     clean = await sidecar.drain(drain_timeout)
                     if not clean:
                         log.warning("%d connection(s) still open after the drain timeout", sidecar.in_flight)
@@ -74,4 +119,7 @@ def run_dataplane(
                     nursery.cancel_scope.cancel()
                     break
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    finally:
+        _stop_workers(spawned, drain_timeout)

@@ -149,3 +149,35 @@ def test_sidecars_keep_serving_without_their_zone_cp(mesh: dict[str, Any]) -> No
     mesh["web"].stop()
     mesh["web"].start()
     assert roundtrip(mesh["web_out"], b"after restart") == b"after restart"
+
+
+def test_workers_share_the_listeners(tmp_path: Path) -> None:
+    """--workers 2: two processes accept on the same ports (SO_REUSEPORT), both serving from the leader's state."""
+    cp = ZoneCPProcess(tmp_path / "cp")
+    app = EchoApp()
+    backend_in, web_out = free_port(), free_port()
+    started: list[SidecarProcess] = []
+    try:
+        cp.start()
+        backend = SidecarProcess(tmp_path / "backend-1", cp.url, cp.token("backend"),
+                                 tcp_dataplane("backend-1", "backend", backend_in, app.port))
+        web = SidecarProcess(tmp_path / "web-1", cp.url, cp.token("web"),
+                             tcp_dataplane("web-1", "web", free_port(), app.port, {"backend": web_out}),
+                             "--workers", "2")
+        for sidecar in (backend, web):
+            started.append(sidecar)
+            sidecar.start()
+
+        def listeners(port: int) -> int:
+            out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+            return len(out.strip().splitlines())
+
+        wait_for(lambda: listeners(web_out) == 2)
+        for i in range(20):
+            assert roundtrip(web_out, f"hello {i}".encode()) == f"hello {i}".encode()
+    finally:
+        for sidecar in started:
+            sidecar.stop()
+        cp.stop()
+        app.close()
+    assert listeners(web_out) == 0  # the worker stopped with its leader

@@ -15,7 +15,8 @@ from tests.support.zone import free_port, meshcast_cmd
 
 
 class SidecarProcess:
-    def __init__(self, workdir: Path, cp_url: str, token: str, dataplane: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, cp_url: str, token: str, dataplane: dict[str, Any], *extra: str) -> None:
+        self.extra = list(extra)
         self.workdir = workdir
         self.name = dataplane["name"]
         workdir.mkdir(parents=True, exist_ok=True)
@@ -31,7 +32,7 @@ class SidecarProcess:
         cmd = meshcast_cmd("dataplane", "run", "--cp", self.cp_url, "--token-file", str(self.workdir / "token"),
                            "--dataplane-file", str(self.workdir / "dp.json"), "--state-dir",
                            str(self.workdir / "state"), "--admin-addr", f"127.0.0.1:{self.admin_port}",
-                           "--drain-timeout", "3")
+                           "--drain-timeout", "3", *self.extra)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
