@@ -72,3 +72,60 @@ def test_grpc_unary_and_bidirectional_streaming_through_the_mesh(tmp_path: Path)
             sidecar.stop()
         cp.stop()
         server.stop(0)
+
+
+def test_curl_http2_prior_knowledge_through_the_mesh(tmp_path: Path) -> None:
+    """curl --http2-prior-knowledge to the client's sidecar reaches an h2c app (hypercorn) behind the other one."""
+    import subprocess
+    import threading
+
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = f"{scope['http_version']} {scope['path']}".encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+    app_port = free_port()
+    config = Config()
+    config.bind = [f"127.0.0.1:{app_port}"]
+    stop = trio.Event()
+    token: list[trio.lowlevel.TrioToken] = []
+
+    async def run_app() -> None:
+        token.append(trio.lowlevel.current_trio_token())
+        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    thread = threading.Thread(target=trio.run, args=(run_app,), daemon=True)
+    thread.start()
+    cp = ZoneCPProcess(tmp_path / "cp")
+    out_port = free_port()
+    started: list[SidecarProcess] = []
+    try:
+        cp.start()
+        for name, service, outbound in (("h2app-1", "h2app", {}), ("client-1", "client", {"h2app": out_port})):
+            doc = grpc_dataplane(name, service, free_port(), app_port, outbound)
+            doc["spec"]["inbound"][0]["protocol"] = "http2"
+            sidecar = SidecarProcess(tmp_path / name, cp.url, cp.token(service), doc)
+            started.append(sidecar)
+            sidecar.start()
+        wait_for(lambda: subprocess.run(
+            ["curl", "-s", "--http2-prior-knowledge", f"http://127.0.0.1:{out_port}/probe"],
+            capture_output=True, text=True, timeout=10).stdout == "2 /probe")
+        result = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-w", " %{http_version}",
+                                 f"http://127.0.0.1:{out_port}/h2/path"], capture_output=True, text=True, timeout=10)
+        assert result.stdout == "2 /h2/path 2"
+    finally:
+        for sidecar in started:
+            sidecar.stop()
+        cp.stop()
+        if token:
+            token[0].run_sync_soon(stop.set)
+        thread.join(timeout=10)
