@@ -264,7 +264,7 @@ class Http1Proxy:
                                                         body_length=request.body_length))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return "retry"  # nothing of the request body has been read yet: safe to try again
-        state = {"request_done": request.body_length == 0, "head_sent": False, "switched": False}
+        state = {"request_done": request.body_length == 0, "head_sent": False}
         result = "close"
         # A bodyless request (most of them) needs no second task: no nursery, no task spawn on the hot path.
         async with trio.open_nursery() if request.body_length != 0 else _NO_NURSERY as nursery:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from dataplane.config import InboundConfig, OutboundConfig, ProxyConfig
-from meshcast.wire.leanio import LeanSocketStream, serve_lean
+from meshcast.wire.leanio import LeanSocketStream, listen_tcp, serve_lean
 
 log = logging.getLogger("meshcast.dataplane.listeners")
 
@@ -45,19 +45,9 @@ class ListenerSpec:
 
 
 def bind(address: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        # --workers N: every worker process binds the same listeners and the kernel spreads connections.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((address, port))
-        sock.listen(1024)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    """A listener socket; with `reuse_port` (--workers N) every worker binds the same port and the kernel spreads
+    connections over them."""
+    return listen_tcp(address, port, reuse_port=reuse_port)
 
 
 class ListenerSet:

@@ -39,6 +39,7 @@ from meshcast.resources import Resource, Scope, lookup_type, parse_resource
 from meshcast.resources.model import DEFAULT_MESH
 from meshcast.resources.types import DataplaneSpec, MeshSpec, Mtls
 from meshcast.store import ResourceStore, WatchCompacted
+from meshcast.wire.leanio import listen_tcp
 from zone_cp.config import ZoneCPConfig, split_host_port
 from zone_cp.health import HealthTracker
 from zone_cp.inventory import DPKey, Inventory
@@ -409,14 +410,9 @@ def _mesh_scoped_types() -> list[str]:
 
 def _bind(addr: str, *, default_port: int) -> socket.socket:
     host, port = split_host_port(addr, default_port=default_port)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sock = listen_tcp(host, port)
     except OSError as exc:
-        sock.close()
         raise MeshcastError(f"cannot listen on {addr}: {exc.strerror}") from None
-    sock.listen(1024)
     sock.set_inheritable(True)
     return sock

@@ -117,6 +117,22 @@ async def open_lean_tcp_stream(host: str, port: int) -> LeanSocketStream:
     return LeanSocketStream(sock)
 
 
+def listen_tcp(address: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
+    """A listening TCP socket (SO_REUSEADDR; SO_REUSEPORT when several processes share it). Raises OSError."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((address, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 async def serve_lean(
     sock: socket.socket,
     handler: Callable[[LeanSocketStream], Awaitable[None]],
