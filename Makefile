@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # etcd-server/etcd-client: the store and its tests; curl: real-client checks; iproute2: network namespaces.
 DEB_PACKAGES := etcd-server etcd-client curl iproute2 ca-certificates
+# Only `make test` needs these: h2load, a real HTTP/2 load generator, in the data-plane tests.
+TEST_PACKAGES := nghttp2-client
 # Only `make bench` needs these: load generators and the reference proxies the sidecars are measured against.
 BENCH_PACKAGES := wrk nghttp2-client haproxy nginx-light
 PYTEST_ARGS ?=
@@ -19,6 +21,7 @@ demo: deps $(STAMP)
 	$(BIN)/meshcast demo $(DEMO_ARGS)
 
 test: deps $(STAMP) lint
+	@$(MAKE) --no-print-directory DEB_PACKAGES="$(TEST_PACKAGES)" deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

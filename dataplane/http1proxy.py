@@ -54,12 +54,16 @@ class PeerGone(Exception):
 class EventReader:
     """The codec's events one at a time, reading the stream when none are buffered."""
 
-    def __init__(self, conn: ServerConnection | ClientConnection, stream: trio.abc.ReceiveStream) -> None:
+    def __init__(self, conn: ServerConnection | ClientConnection, stream: trio.abc.ReceiveStream,
+                 initial: bytes = b"") -> None:
+        """`initial`: bytes already read from `stream` (by protocol detection), parsed first."""
         self.conn = conn
         self.stream = stream
         self._events: collections.deque[Event] = collections.deque()
         self._error: ProtocolViolation | None = None
         self.received_any = False
+        if initial:
+            self._feed(initial)
 
     def buffered(self) -> bool:
         return bool(self._events)
@@ -81,16 +85,20 @@ class EventReader:
                 data = bytes(await self.stream.receive_some(READ_SIZE))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise PeerGone(str(exc)) from exc
-            try:
-                events = self.conn.receive_data(data) if data else self.conn.receive_eof()
-            except ProtocolViolation as exc:
-                events, self._error = exc.events or [], exc
-            if data:
-                self.received_any = True
-            elif not events and self._error is None:
+            if not self._feed(data) and not data and self._error is None:
                 raise PeerGone("closed")
-            self._events.extend(events)
         return self._events.popleft()
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse `data` (b"" at end of stream); True if it produced events."""
+        try:
+            events = self.conn.receive_data(data) if data else self.conn.receive_eof()
+        except ProtocolViolation as exc:
+            events, self._error = exc.events or [], exc
+        if data:
+            self.received_any = True
+        self._events.extend(events)
+        return bool(events)
 
 
 def forwarded_headers(headers: Iterable[tuple[bytes, bytes]], *, drop: frozenset[bytes] = frozenset(),
@@ -146,13 +154,14 @@ class Http1Proxy:
         *,
         drop: frozenset[bytes] = frozenset(),
         add: Callable[[RequestReceived], Iterable[tuple[bytes, bytes]]] = lambda request: (),
+        initial: bytes = b"",
         idle_timeout: float = 60.0,
         header_timeout: float = 10.0,
         response_timeout: float = 15.0,
     ) -> None:
         self.downstream = downstream
         self.server = ServerConnection()
-        self.reader = EventReader(self.server, downstream)
+        self.reader = EventReader(self.server, downstream, initial)
         self.route = route
         self.drop = drop
         self.add = add

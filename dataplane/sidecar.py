@@ -4,8 +4,12 @@ Inbound connections (from other sidecars) must complete mutual TLS 1.3 with a ce
 bundle before a single byte reaches the app; outbound connections (from the app) go to an endpoint of the
 upstream service chosen per request (HTTP) or per connection (TCP), over mutual TLS that verifies the upstream's
 SPIFFE ID. A failed connect is retried on another endpoint. The hop protocol is negotiated by ALPN: `http/1.1`
-for HTTP/1.1 (pooled connections, a request per exchange), `meshcast-tcp` for opaque TCP (a connection per
-connection). HTTP/2 and gRPC from apps are spliced as opaque TCP until the HTTP/2 layer lands.
+for HTTP/1.1 (pooled connections, a request per exchange), `h2` for HTTP/2 and gRPC (multiplexed connections, a
+stream per request), `meshcast-tcp` for opaque TCP (a connection per connection).
+
+What the app speaks is detected, not configured: on a listener of an HTTP-family service (http, http2, grpc) a
+connection that opens with the HTTP/2 preface is HTTP/2 with prior knowledge and is proxied per request; otherwise
+it is HTTP/1.1 for an `http` service, and opaque TCP for `http2`/`grpc` ones (an HTTP/1.1 client of an h2c app).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from dataplane.balance.outlier import OutlierDetector
 from dataplane.codec.events import RequestReceived
 from dataplane.codec.http1 import ClientConnection
 from dataplane.config import ProxyConfig
+from dataplane.h2.connection import Fields, H2Connection
+from dataplane.h2.proxy import H2Pool, H2Proxy, H2Target, sniff_h2
 from dataplane.http1proxy import Http1Proxy, Upstream
 from dataplane.listeners import ListenerSet, ListenerSpec
 from dataplane.metrics import SidecarMetrics
@@ -41,6 +47,8 @@ log = logging.getLogger("meshcast.dataplane")
 
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_ATTEMPTS = 3
+HTTP_FAMILY = frozenset({"http", "http2", "grpc"})
+SOURCE_HEADER = b"x-meshcast-source"
 
 
 class Sidecar:
@@ -79,6 +87,9 @@ class Sidecar:
         self.balancers: dict[str, BalancerBase] = {}
         self.mesh_pool: ConnectionPool[ClientConnection] = ConnectionPool()
         self.app_pool: ConnectionPool[ClientConnection] = ConnectionPool()
+        self.mesh_h2: H2Pool | None = None  # created with the nursery their connections run in
+        self.app_h2: H2Pool | None = None
+        self.h2_serving: set[H2Connection] = set()
 
     # --- state from the agent ---------------------------------------------------------------------------------
 
@@ -105,6 +116,8 @@ class Sidecar:
         self.server_ssl = server_context(identity, alpn=[*ALPN_MESH, ALPN_TCP])
         self.connector.set_identity(identity)
         self.mesh_pool.clear()  # new connections present the new certificate; open ones finish with the old
+        if self.mesh_h2 is not None:
+            self.mesh_h2.close_all()
         self.metrics.cert_expiry.set(identity.not_after.timestamp())
 
     @property
@@ -120,6 +133,7 @@ class Sidecar:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as connections, trio.open_nursery() as nursery:
+            self.mesh_h2, self.app_h2 = H2Pool(connections), H2Pool(connections)
             self.listeners = ListenerSet(self._handler_for, connections, reuse_port=self.workers > 1)
             await nursery.start(self.agent.follow_saved if self.follower else self.agent.run)
             nursery.start_soon(self._follow_config, nursery)
@@ -143,6 +157,8 @@ class Sidecar:
         self.draining = True
         if self.listeners is not None:
             self.listeners.stop_all()
+        for conn in self.h2_serving:
+            conn.goaway()  # HTTP/2 clients open no new streams here; those open finish
         with trio.move_on_after(grace):
             await self._idle.wait()
         return self.in_flight == 0
@@ -172,13 +188,20 @@ class Sidecar:
         self.metrics.connections.labels(direction="outbound", service="*.mesh").inc()
         self._begin("outbound")
         try:
-            await Http1Proxy(stream, self._route_by_host).serve()
+            is_h2, first = await sniff_h2(stream)
+            if is_h2:
+                await self._serve_h2(stream, first, self._h2_route_by_authority)
+            elif first:
+                await Http1Proxy(stream, self._route_by_host, initial=first).serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
         finally:
             self._end("outbound")
             await stream.aclose()
 
-    def _route_by_host(self, request: RequestReceived) -> Upstream | UpstreamError:
-        host = (request.headers.get(b"host") or b"").decode("latin-1").lower()
+    def _service_for_host(self, host_field: bytes | None, *, h2: bool) -> str | UpstreamError:
+        """The mesh service a proxy-mode request names by its Host (`<service>.mesh`, any port)."""
+        host = (host_field or b"").decode("latin-1").lower()
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if not name.endswith(".mesh"):
             return UpstreamError("unknown_service", f"Host {host!r} is not <service>.mesh")
@@ -186,9 +209,22 @@ class Sidecar:
         upstream = self.config.upstream(service) if self.config is not None else None
         if upstream is None:
             return UpstreamError("unknown_service", f"no service {service!r} in mesh {self.mesh}")
-        if upstream.protocol != "http":
+        if upstream.protocol not in HTTP_FAMILY or (upstream.protocol != "http" and not h2):
             return UpstreamError("not_http", f"service {service!r} speaks {upstream.protocol}, not http")
-        return self._http_route(service)
+        return service
+
+    def _route_by_host(self, request: RequestReceived) -> Upstream | UpstreamError:
+        service = self._service_for_host(request.headers.get(b"host"), h2=False)
+        return service if isinstance(service, UpstreamError) else self._http_route(service)
+
+    def _h2_route_by_authority(self, fields: Fields) -> H2Target | UpstreamError:
+        authority = next((v for k, v in fields if k == b":authority"), None)
+        service = self._service_for_host(authority, h2=True)
+        return service if isinstance(service, UpstreamError) else self._h2_route(service)
+
+    async def _serve_h2(self, stream: trio.abc.HalfCloseableStream, first: bytes,
+                        route: Callable[[Fields], H2Target | UpstreamError]) -> None:
+        await H2Proxy(stream, route, live=self.h2_serving, initial=first).serve()
 
     async def _inbound(self, spec: ListenerSpec, stream: LeanSocketStream) -> None:
         self.metrics.connections.labels(direction="inbound", service=spec.target).inc()
@@ -216,17 +252,30 @@ class Sidecar:
                     return
             caller = peer_spiffe_id(peer.ssl_object) if isinstance(peer, LeanTLSStream) else None
             alpn = peer.selected_alpn_protocol() if isinstance(peer, LeanTLSStream) else None
-            if spec.protocol == "http" and alpn in (None, "http/1.1"):
-                await self._inbound_http(spec, peer, caller)
-                return
+            first = b""
+            if spec.protocol in HTTP_FAMILY and alpn != ALPN_TCP:
+                if alpn is None:  # plaintext (mTLS off): what the peer speaks tells
+                    is_h2, first = await sniff_h2(peer)
+                else:
+                    is_h2 = alpn == "h2"
+                if is_h2:
+                    await self._inbound_h2(spec, peer, caller, first)
+                    return
+                if spec.protocol == "http":
+                    await self._inbound_http(spec, peer, caller, first)
+                    return
             host, _, port = spec.target.rpartition(":")
             try:
                 with trio.fail_after(self.connector.connect_timeout):
                     app = await open_lean_tcp_stream(host, int(port))
-            except (OSError, trio.TooSlowError) as exc:
+                if first:
+                    await app.send_all(first)
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
                 log.warning("inbound %s: the app at %s is unreachable: %s", spec.port, spec.target, exc)
                 return
             await self._splice_and_close(peer, app, "inbound")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
         finally:
             self._end("inbound")
             await peer.aclose()
@@ -240,7 +289,9 @@ class Sidecar:
         finally:
             await far.aclose()
 
-    async def _inbound_http(self, spec: ListenerSpec, peer: trio.abc.HalfCloseableStream, caller: str | None) -> None:
+    def _app_dialer(self, spec: ListenerSpec) -> tuple[tuple[str, int],
+                                                         Callable[[], Awaitable[tuple[tuple[str, int],
+                                                                                      trio.abc.HalfCloseableStream]]]]:
         host, _, port_text = spec.target.rpartition(":")
         app = (host, int(port_text))
 
@@ -251,11 +302,28 @@ class Sidecar:
             except (OSError, trio.TooSlowError) as exc:
                 raise UpstreamError("app_unreachable", f"{spec.target}: {exc}") from None
 
+        return app, dial
+
+    async def _inbound_http(self, spec: ListenerSpec, peer: trio.abc.HalfCloseableStream, caller: str | None,
+                            first: bytes) -> None:
+        app, dial = self._app_dialer(spec)
         upstream = Upstream(self.app_pool, app, dial)
-        source = [(b"x-meshcast-source", caller.encode())] if caller else []
-        proxy = Http1Proxy(peer, lambda request: upstream, drop=frozenset({b"x-meshcast-source"}),
-                           add=lambda request: source)
+        source = [(SOURCE_HEADER, caller.encode())] if caller else []
+        proxy = Http1Proxy(peer, lambda request: upstream, drop=frozenset({SOURCE_HEADER}),
+                           add=lambda request: source, initial=first)
         await proxy.serve()
+
+    async def _inbound_h2(self, spec: ListenerSpec, peer: trio.abc.HalfCloseableStream, caller: str | None,
+                          first: bytes) -> None:
+        """HTTP/2 from a peer sidecar: each stream to the app, over pooled connections."""
+        assert self.app_h2 is not None
+        app, dial = self._app_dialer(spec)
+        # An h2c app gets the streams over HTTP/2; an `http` (HTTP/1.1) app gets each as a pooled exchange.
+        target = H2Target(self.app_h2, app, dial) if spec.protocol != "http" else Upstream(self.app_pool, app, dial)
+        # The caller's identity replaces whatever the request claimed.
+        source = [(SOURCE_HEADER, caller.encode())] if caller else []
+        await H2Proxy(peer, lambda fields: target, drop=frozenset({SOURCE_HEADER}), add=source,
+                      live=self.h2_serving, initial=first).serve()
 
     def _http_route(self, service: str) -> Upstream | UpstreamError:
         endpoint = self.pick(service, set())
@@ -268,6 +336,20 @@ class Sidecar:
 
         balancer.started(endpoint)  # least-request counts requests in flight
         return Upstream(self.mesh_pool, (endpoint.address, endpoint.port), dial,
+                        done=lambda: balancer.finished(endpoint))
+
+    def _h2_route(self, service: str) -> H2Target | UpstreamError:
+        """A per-request decision: the balancer picks an endpoint for each HTTP/2 stream."""
+        endpoint = self.pick(service, set())
+        balancer = self.balancers.get(service)
+        if endpoint is None or balancer is None or self.mesh_h2 is None:
+            return UpstreamError("no_healthy_upstream", f"service {service} has no endpoint")
+
+        async def dial() -> tuple[tuple[str, int], trio.abc.HalfCloseableStream]:
+            return await self._dial_endpoints(service, "h2", first=endpoint)
+
+        balancer.started(endpoint)
+        return H2Target(self.mesh_h2, (endpoint.address, endpoint.port), dial,
                         done=lambda: balancer.finished(endpoint))
 
     def pick(self, service: str, exclude: set[str]) -> Endpoint | None:
@@ -312,15 +394,27 @@ class Sidecar:
         self._begin("outbound")
         try:
             outbound = self.config.outbound_for(spec.target) if self.config is not None else None
-            if outbound is not None and outbound.protocol == "http":
-                await Http1Proxy(stream, lambda request: self._http_route(spec.target)).serve()
-                return
+            first = b""
+            if outbound is not None and outbound.protocol in HTTP_FAMILY:
+                is_h2, first = await sniff_h2(stream)
+                if is_h2:
+                    await self._serve_h2(stream, first, lambda fields: self._h2_route(spec.target))
+                    return
+                if outbound.protocol == "http":
+                    if first:
+                        await Http1Proxy(stream, lambda request: self._http_route(spec.target),
+                                         initial=first).serve()
+                    return
             try:
                 upstream = await self.connect_upstream(spec.target, ALPN_TCP)
             except UpstreamError as exc:
                 log.warning("outbound %s: %s", spec.target, exc)
                 return
+            if first:
+                await upstream.send_all(first)
             await self._splice_and_close(stream, upstream, "outbound")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
         finally:
             self._end("outbound")
             await stream.aclose()

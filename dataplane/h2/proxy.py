@@ -1,0 +1,291 @@
+"""Proxying HTTP/2 (and gRPC) per request: from the app to an upstream sidecar, and from a peer sidecar to the app.
+
+Theory of operation. A downstream connection is served by an `H2Connection` in the server role; each request
+stream gets a task that asks `route` where it goes (a per-request load-balancing decision), opens a stream on a
+pooled, multiplexed upstream connection (`H2Pool`: one connection carries up to the peer's concurrent-stream
+limit, so between sidecars a request never pays a handshake), and relays the two halves: the request body
+downstream → upstream (only when there is one: bodyless requests need no second task), and the response, with
+informational heads, data and trailers, upstream → downstream. Flow control is end to end: a slow reader on either
+side stalls its sender through the windows, and no side buffers more than a window.
+
+Resets cross the proxy: a client that cancels (RST_STREAM) cancels the upstream stream at once; an upstream reset
+before the response head becomes an error response (`x-meshcast-error: upstream_reset`), after it a reset of the
+downstream stream with the same code. Failures before the head answer as HTTP/1.1 does (503 no_healthy_upstream,
+connect_failure, ...); a gRPC caller gets them as a trailers-only response with `grpc-status: 14` (UNAVAILABLE)
+and the reason in `grpc-message`, which is what gRPC clients understand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from dataclasses import dataclass
+
+import h2.errors
+import trio
+
+from dataplane.h2.bridge import exchange_over_http1
+from dataplane.h2.connection import (
+    DataIn,
+    Fields,
+    H2Connection,
+    H2Limits,
+    H2Stream,
+    HeadersIn,
+    ResetIn,
+    StreamGone,
+    TrailersIn,
+)
+from dataplane.h2.guard import PREFACE
+from dataplane.http1proxy import Upstream
+from dataplane.transport.upstream import UpstreamError
+
+log = logging.getLogger("meshcast.dataplane.h2")
+
+
+async def sniff_h2(stream: trio.abc.ReceiveStream) -> tuple[bool, bytes]:
+    """Whether the peer opens with the HTTP/2 connection preface (prior knowledge), and the bytes read to tell.
+
+    Reads until the bytes differ from the preface or complete it (usually one read); b"" if the peer closed or
+    said nothing within SNIFF_TIMEOUT (a slowloris gets no more time than a request head)."""
+    data = b""
+    with trio.move_on_after(SNIFF_TIMEOUT):
+        while len(data) < len(PREFACE) and PREFACE.startswith(data):
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.startswith(PREFACE), data
+
+SNIFF_TIMEOUT = 10.0
+
+Dial = Callable[[], Awaitable[tuple[Hashable, trio.abc.HalfCloseableStream]]]
+
+
+class H2Pool:
+    """Multiplexed client connections per destination. Connection tasks run in `nursery` (they outlive requests)."""
+
+    def __init__(self, nursery: trio.Nursery, *, limits: H2Limits | None = None) -> None:
+        self.nursery = nursery
+        self.limits = limits
+        self._conns: dict[Hashable, list[H2Connection]] = {}
+        self._dialing: dict[Hashable, trio.Event] = {}
+        self.created = 0
+
+    def _usable(self, key: Hashable) -> H2Connection | None:
+        for conn in self._conns.get(key, ()):
+            if conn.available:
+                return conn
+        return None
+
+    async def open_stream(self, key: Hashable, dial: Dial, fields: Fields, *, end: bool) -> H2Stream:
+        """A request stream to `key` (or wherever `dial` reaches). Raises UpstreamError, StreamGone."""
+        for _ in range(3):  # a connection that went away between the check and the open: another one
+            conn = self._usable(key)
+            while conn is None and key in self._dialing:  # one dial per destination at a time
+                await self._dialing[key].wait()
+                conn = self._usable(key)
+            if conn is None:
+                conn = await self._connect(key, dial)
+            try:
+                return await conn.open_stream(fields, end=end)
+            except StreamGone as exc:
+                if exc.code != h2.errors.ErrorCodes.REFUSED_STREAM:
+                    raise
+        raise UpstreamError("upstream_reset", "connections kept going away")
+
+    async def _connect(self, key: Hashable, dial: Dial) -> H2Connection:
+        dialing = self._dialing[key] = trio.Event()
+        try:
+            reached, stream = await dial()
+            conn = H2Connection(stream, client_side=True, limits=self.limits)
+            await self.nursery.start(self._run, reached, conn)
+            self.created += 1
+            return conn
+        finally:
+            del self._dialing[key]
+            dialing.set()
+
+    async def _run(self, key: Hashable, conn: H2Connection, *, task_status: trio.TaskStatus[None]) -> None:
+        self._conns.setdefault(key, []).append(conn)
+        try:
+            await conn.run(task_status=task_status)
+        finally:
+            conns = self._conns.get(key, [])
+            if conn in conns:
+                conns.remove(conn)
+            if not conns:
+                self._conns.pop(key, None)
+
+    def close_all(self) -> None:
+        """Ask every connection to finish: open streams complete, new ones go to new connections."""
+        for conns in self._conns.values():
+            for conn in conns:
+                conn.goaway()
+                conn.goaway_received = True  # no new streams here
+
+
+@dataclass
+class H2Target:
+    """Where one request goes: a pool, the key of its chosen destination, a way to dial it, and a callback for
+    when the exchange is over (least-request accounting)."""
+
+    pool: H2Pool
+    key: Hashable
+    dial: Dial
+    done: Callable[[], None] = lambda: None
+
+
+def error_fields(status: int, reason: str, *, grpc: bool) -> tuple[Fields, bytes]:
+    """The head and body of an answer the proxy gives itself."""
+    if grpc:
+        return [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"14"),
+                (b"grpc-message", reason.encode()), (b"x-meshcast-error", reason.encode())], b""
+    return [(b":status", str(status).encode()), (b"content-type", b"text/plain"),
+            (b"x-meshcast-error", reason.encode())], f"{reason}\n".encode()
+
+
+def header(fields: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in fields:
+        if key == name:
+            return value
+    return None
+
+
+class H2Proxy:
+    """Serves one downstream HTTP/2 connection, forwarding each request stream to where `route` says."""
+
+    def __init__(
+        self,
+        downstream: trio.abc.Stream,
+        route: Callable[[Fields], H2Target | Upstream | UpstreamError],
+        *,
+        drop: frozenset[bytes] = frozenset(),
+        add: Fields | None = None,
+        limits: H2Limits | None = None,
+        live: set[H2Connection] | None = None,
+        initial: bytes = b"",
+    ) -> None:
+        self.route = route
+        self.drop = drop
+        self.add = add or []
+        self.live = live  # the sidecar's set of serving connections, for GOAWAY on drain
+        self.conn = H2Connection(downstream, client_side=False, handler=self._handle, limits=limits,
+                                 initial=initial)
+
+    async def serve(self) -> None:
+        if self.live is not None:
+            self.live.add(self.conn)
+        try:
+            await self.conn.run()
+        finally:
+            if self.live is not None:
+                self.live.discard(self.conn)
+
+    async def _handle(self, down: H2Stream) -> None:
+        head = await down.receive()
+        if not isinstance(head, HeadersIn):
+            return
+        fields = [(k, v) for k, v in head.fields if k not in self.drop] if self.drop else head.fields
+        fields += self.add
+        grpc = (header(fields, b"content-type") or b"").startswith(b"application/grpc")
+        target = self.route(fields)
+        if isinstance(target, UpstreamError):
+            await self._answer(down, 503, target.reason, grpc=grpc)
+            return
+        if isinstance(target, Upstream):  # an HTTP/1.1 upstream: one exchange per stream
+            try:
+                await exchange_over_http1(down, head, fields, target,
+                                          lambda status, reason: self._answer(down, status, reason, grpc=grpc))
+            finally:
+                target.done()
+            return
+        try:
+            for attempt in range(3):
+                try:
+                    up = await target.pool.open_stream(target.key, target.dial, fields, end=head.end)
+                except UpstreamError as exc:
+                    await self._answer(down, 503, exc.reason, grpc=grpc)
+                    return
+                except StreamGone:
+                    await self._answer(down, 502, "upstream_reset", grpc=grpc)
+                    return
+                down.linked = up  # a downstream reset cancels the upstream stream at once
+                try:
+                    # A bodyless request refused by a connection going away (GOAWAY, REFUSED_STREAM: never
+                    # processed) is safe to send again; one with a body streaming cannot be replayed.
+                    if await self._relay(down, up, head.end, grpc, retryable=head.end and attempt < 2):
+                        return
+                finally:
+                    if not (up.local_closed and up.remote_closed):
+                        up.reset(h2.errors.ErrorCodes.CANCEL)
+                    up.conn.forget(up)
+        finally:
+            target.done()
+
+    async def _relay(self, down: H2Stream, up: H2Stream, request_ended: bool, grpc: bool, *, retryable: bool,
+                     ) -> bool:
+        """Relay one exchange; False if it should be tried again (refused before anything was answered)."""
+        if request_ended:
+            return await self._pump_response(down, up, grpc, retryable=retryable)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump_request, down, up)
+            await self._pump_response(down, up, grpc, retryable=False)
+            nursery.cancel_scope.cancel()  # the response is over: a request still streaming is cut off
+        return True
+
+    async def _pump_request(self, down: H2Stream, up: H2Stream) -> None:
+        try:
+            while True:
+                event = await down.receive()
+                if isinstance(event, DataIn):
+                    await up.send_data(event.data, end=event.end)
+                    if event.end:
+                        return
+                elif isinstance(event, TrailersIn):
+                    await up.send_headers(event.fields, end=True)
+                    return
+                else:  # ResetIn: the client cancelled
+                    up.reset(h2.errors.ErrorCodes.CANCEL)
+                    return
+        except StreamGone:
+            up.reset(h2.errors.ErrorCodes.CANCEL)  # the response pump sees the reset and ends the exchange
+
+    async def _pump_response(self, down: H2Stream, up: H2Stream, grpc: bool, *, retryable: bool) -> bool:
+        started = False
+        try:
+            while True:
+                event = await up.receive()
+                if isinstance(event, HeadersIn):
+                    await down.send_headers(event.fields, end=event.end)
+                    started = started or not event.informational
+                    if event.end:
+                        return True
+                elif isinstance(event, DataIn):
+                    await down.send_data(event.data, end=event.end)
+                    if event.end:
+                        return True
+                elif isinstance(event, TrailersIn):
+                    await down.send_headers(event.fields, end=True)
+                    return True
+                elif isinstance(event, ResetIn):
+                    if down.reset_code is not None:
+                        return True  # the client cancelled: nothing to tell it
+                    if started:
+                        down.reset(event.code)
+                    elif retryable and event.code == h2.errors.ErrorCodes.REFUSED_STREAM:
+                        return False
+                    else:
+                        await self._answer(down, 502, "upstream_reset", grpc=grpc)
+                    return True
+        except StreamGone:
+            up.reset(h2.errors.ErrorCodes.CANCEL)  # the downstream went away
+        return True
+
+    async def _answer(self, down: H2Stream, status: int, reason: str, *, grpc: bool) -> None:
+        fields, body = error_fields(status, reason, grpc=grpc)
+        with contextlib.suppress(StreamGone):
+            await down.send_headers(fields, end=not body)
+            if body:
+                await down.send_data(body, end=True)
