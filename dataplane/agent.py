@@ -7,8 +7,9 @@ config stream, and for each snapshot validate it (`dataplane.config.parse_snapsh
 when the mesh has mTLS on, apply it, save it atomically, and ACK; an invalid snapshot is NACKed with its reason and
 the previous one stays in force. When the stream breaks the agent reconnects with capped, jittered back-off and the
 proxy keeps its last configuration meanwhile. A separate task renews the certificate at two thirds of its life with
-a fresh key (the key never leaves the sidecar: the CP signs a CSR); it retries until it succeeds, and the proxy
-serves with the old certificate until then. Heartbeats go up the stream at the interval the CP asks for.
+a fresh key (the key never leaves the sidecar: the CP signs a CSR; a short-lived child process makes both, see
+`dataplane.transport.keygen`); it retries until it succeeds, and the proxy serves with the old certificate until
+then. Heartbeats go up the stream at the interval the CP asks for.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import trio
 
 from dataplane.config import InvalidConfig, ProxyConfig, parse_snapshot
+from dataplane.transport.keygen import generate_key_and_csr
 from dataplane.transport.tls import Identity
 from meshcast.errors import MeshcastError
-from meshcast.pki import _files, build_csr, generate_workload_key
+from meshcast.pki import _files
 from meshcast.wire.configstream import ProtocolError
 from meshcast.wire.cpclient import ControlPlaneClient, ControlPlaneError
 from meshcast.wire.h2duplex import StreamClosed
@@ -37,7 +38,7 @@ log = logging.getLogger("meshcast.dataplane.agent")
 
 CONFIG_FILE = "config.json"
 IDENTITY_DIR = "identity"
-_RECOVERABLE = (MeshcastError, StreamClosed, ProtocolError, httpx.HTTPError, OSError, trio.TooSlowError)
+_RECOVERABLE = (MeshcastError, StreamClosed, ProtocolError, OSError, trio.TooSlowError)
 
 
 class ControlPlaneAgent:
@@ -158,9 +159,13 @@ class ControlPlaneAgent:
             except _RECOVERABLE as exc:
                 self._lost(exc, backoff)
             except BaseExceptionGroup as group:
-                # The session's nursery wraps what went wrong; anything but a lost control plane is a bug.
+                # The session's nursery wraps what went wrong; anything but a lost control plane is a bug, or the
+                # cancellation that stops the agent: raise that alone. A lost control plane that came with it (the
+                # stream closing after the deregistration of a draining sidecar) must not outlive the cancellation.
                 recoverable, rest = group.split(_RECOVERABLE)
-                if rest is not None or recoverable is None:
+                if rest is not None:
+                    raise rest from None
+                if recoverable is None:
                     raise
                 self._lost(_first_leaf(recoverable), backoff)
             self.connected = False
@@ -203,10 +208,9 @@ class ControlPlaneAgent:
 
     async def renew_identity(self) -> Identity:
         """A fresh key, a CSR signed by the zone CP; applied and saved. Raises when the CP cannot sign."""
-        key = await trio.to_thread.run_sync(generate_workload_key)
-        csr = build_csr(key, f"spiffe://{self.mesh}/{self.service}")
+        key_pem, csr = await generate_key_and_csr(f"spiffe://{self.mesh}/{self.service}")
         issued = await self.client.sign_certificate(self.mesh, self.name, csr, self.service)
-        identity = Identity.from_key(key, issued["certificate"].encode(), issued["trustBundle"].encode())
+        identity = Identity(key_pem, issued["certificate"].encode(), issued["trustBundle"].encode())
         self._save_identity(identity)
         self._set_identity(identity)
         log.info("certificate for %s valid until %s", identity.spiffe_id, identity.not_after.isoformat())

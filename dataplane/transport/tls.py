@@ -5,22 +5,27 @@ read the caller's SPIFFE ID from it; outbound connections present the sidecar's 
 against the same bundle. Hostname checks are off: the peer's identity is its SPIFFE URI SAN, checked by the
 proxy's authorization, not a DNS name. A rotated identity builds new contexts; connections already open keep the
 context they were made with, so rotation drops nothing.
+
+Certificates are read with the standard library (`meshcast.pki.certinfo`): the long-lived sidecar never imports
+`cryptography`, whose keys and CSRs are made in a short-lived child process (`dataplane.transport.keygen`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from meshcast.pki import CLOCK_SKEW
+from meshcast.pki.certinfo import CertificateInfo, read_der, read_pem
 
-from meshcast.pki import CLOCK_SKEW, spiffe_id_of
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 ALPN_MESH = ["h2", "http/1.1"]
 
@@ -35,25 +40,29 @@ class Identity:
 
     @classmethod
     def from_key(cls, key: ec.EllipticCurvePrivateKey, chain_pem: bytes, bundle_pem: bytes) -> Identity:
+        """From a `cryptography` key (tests, tools); the sidecar itself gets PEM from `keygen`."""
+        from cryptography.hazmat.primitives import serialization
+
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
         return cls(pem, chain_pem, bundle_pem)
 
-    @property
-    def leaf(self) -> x509.Certificate:
-        return x509.load_pem_x509_certificate(self.chain_pem)
+    @functools.cached_property
+    def leaf(self) -> CertificateInfo:
+        """Validity and SANs of the first certificate of the chain; ValueError if it is not a certificate."""
+        return read_pem(self.chain_pem)
 
     @property
     def spiffe_id(self) -> str:
-        return spiffe_id_of(self.leaf)
+        return self.leaf.spiffe_id
 
     @property
     def not_before(self) -> datetime:
-        return self.leaf.not_valid_before_utc
+        return self.leaf.not_before
 
     @property
     def not_after(self) -> datetime:
-        return self.leaf.not_valid_after_utc
+        return self.leaf.not_after
 
     @property
     def issued_at(self) -> datetime:
@@ -106,6 +115,6 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
     if not der:
         return None
     try:
-        return spiffe_id_of(x509.load_der_x509_certificate(der))
+        return read_der(der).spiffe_id
     except ValueError:  # no SPIFFE ID, several, or a malformed one: no identity
         return None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+# Leaves start this much in the past so that a peer whose clock lags still accepts them.
+CLOCK_SKEW = timedelta(minutes=1)
 
 
 def aware_now(now: datetime | None) -> datetime:

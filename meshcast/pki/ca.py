@@ -29,15 +29,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshcast.errors import MeshcastError, ValidationError, Violation
 from meshcast.pki import _files
-from meshcast.pki._clock import aware_now
+from meshcast.pki._clock import CLOCK_SKEW, aware_now
 from meshcast.pki.spiffe import check_label, parse_id, spiffe_id_of, trust_domain_id, workload_id
 from meshcast.pki.workload import build_csr
 
 DEFAULT_ROOT_VALIDITY = timedelta(days=3650)
 DEFAULT_INTERMEDIATE_VALIDITY = timedelta(days=365)
 DEFAULT_WORKLOAD_TTL = timedelta(hours=24)
-# Leaves start this much in the past so that a peer whose clock lags still accepts them.
-CLOCK_SKEW = timedelta(minutes=1)
 
 KEY_FILE = "ca.key"
 CERT_FILE = "ca.crt"

@@ -6,12 +6,16 @@ labels, as `meshcast.resources.model.DNS_LABEL`), which keeps every ID inside th
 from __future__ import annotations
 
 import re
-
-from cryptography import x509
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from meshcast.errors import ValidationError, Violation
 
+if TYPE_CHECKING:
+    from cryptography import x509
+
 SCHEME = "spiffe://"
+NO_SAN = "certificate has no subjectAltName, so no SPIFFE ID"
 # Same rule as meshcast.resources.model.DNS_LABEL; repeated so that pki stays free of the resource model.
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
@@ -48,11 +52,18 @@ def parse_id(uri: str) -> tuple[str, str | None]:
 
 def spiffe_id_of(cert: x509.Certificate) -> str:
     """The one SPIFFE ID a certificate names in its URI SANs; raise ValueError if it has none or several."""
+    from cryptography import x509  # here: the sidecar imports this module without cryptography (`certinfo`)
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        raise ValueError("certificate has no subjectAltName, so no SPIFFE ID") from None
-    ids = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(SCHEME)]
+        raise ValueError(NO_SAN) from None
+    return spiffe_id_in(san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def spiffe_id_in(uris: Iterable[str]) -> str:
+    """The one SPIFFE ID among a certificate's URI SANs; raise ValueError if there are none or several."""
+    ids = [u for u in uris if u.startswith(SCHEME)]
     if len(ids) != 1:
         raise ValueError(f"certificate must name exactly one SPIFFE ID, it names {len(ids)}")
     parse_id(ids[0])

@@ -126,3 +126,55 @@ async def test_lean_tls_stream_speaks_to_trio_ssl_and_reads_the_peer_identity() 
                 echoed += await client.receive_some()
             assert bytes(echoed) == payload[::-1]
             await client.aclose()
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"mesh": None}, "mesh: Input should be a valid string"),
+    ({"address": 7}, "address: Input should be a valid string"),
+    ({"mtls": None}, "mtls: Input should be a valid dictionary or instance of MtlsConfig"),
+    ({"mtls": {"enabled": "yes"}}, "mtls.enabled: Input should be a valid boolean"),
+    ({"inbound": {}}, "inbound: Input should be a valid list"),
+    ({"inbound": [{"port": 10010}]}, "inbound[0].service: Field required"),
+    ({"inbound": [{"port": 10010, "service": "web", "protocol": "udp"}]},
+     "inbound[0].protocol: Input should be 'http', 'http2', 'grpc' or 'tcp'"),
+    ({"inbound": [{"port": 10010, "service": "web", "appPort": 0}]},
+     "inbound[0].appPort: Input should be greater than or equal to 1"),
+    ({"inbound": [{"port": 10010.5, "service": "web"}]}, "inbound[0].port: Input should be a valid integer"),
+    ({"inbound": [{"port": True, "service": "web"}]}, "inbound[0].port: Input should be a valid integer"),
+    ({"inbound": [{"port": 10010, "service": "web", "tags": {"v": 2}}]},
+     "inbound[0].tags.v: Input should be a valid string"),
+    ({"outbound": [{"service": "b", "port": 20000, "endpoints": [{"address": "10.0.0.1", "port": 70000}]}]},
+     "outbound[0].endpoints[0].port: Input should be less than or equal to 65535"),
+    ({"heartbeatInterval": "2"}, "heartbeatInterval: Input should be a valid number"),
+    ({"httpProxy": {"address": "127.0.0.1"}}, "httpProxy.port: Field required"),
+    ({"services": {"a b": {"protocol": "x"}}}, "services[\"a b\"].protocol: Input should be"),
+])
+def test_an_invalid_snapshot_names_its_first_broken_field(changes: dict[str, Any], reason: str) -> None:
+    with pytest.raises(InvalidConfig) as info:
+        parse_snapshot(snapshot(**changes), mesh="default", name="web-1")
+    assert str(info.value).startswith(reason), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_snapshot_fields_defaults_and_dump() -> None:
+    config = parse_snapshot(snapshot(heartbeatInterval=1, httpProxy={"port": 15001}, services={
+        "backend": {"protocol": "http", "endpoints": [{"address": "10.0.0.1", "port": 8080.0}]}}),
+        mesh="default", name="web-1")
+    assert config.heartbeat_interval == 1.0 and isinstance(config.heartbeat_interval, float)
+    assert config.zone == "" and config.mtls.cert_ttl == "24h"
+    assert config.inbound[0].app_address == "127.0.0.1" and config.inbound[0].tags == {}
+    assert config.http_proxy is not None and config.http_proxy.address == "127.0.0.1"
+    endpoint = config.services["backend"].endpoints[0]
+    assert endpoint.port == 8080 and isinstance(endpoint.port, int) and endpoint.protocol == "tcp"
+    assert endpoint.model_dump() == {"address": "10.0.0.1", "port": 8080, "protocol": "tcp", "tags": {},
+                                     "dataplane": ""}
+    upstream = config.upstream("backend")
+    assert upstream is not None and upstream.endpoints == config.outbound[0].endpoints  # its outbound first
+    # Python names are accepted too, and the dump by wire names reads back to an equal config.
+    by_name = snapshot(heartbeat_interval=3)
+    del by_name["heartbeatInterval"]  # the wire name wins when both are there
+    assert parse_snapshot(by_name, mesh="default", name="web-1").heartbeat_interval == 3
+    dumped = config.model_dump(mode="json", by_alias=True)
+    assert dumped["heartbeatInterval"] == 1.0 and dumped["inbound"][0]["appPort"] == 8080
+    assert "futureField" not in dumped
+    assert parse_snapshot(dumped, mesh="default", name="web-1") == config
