@@ -1,21 +1,28 @@
 """What a dataplane (or a simulated one) uses to talk to its zone control plane: register, get a certificate,
-hold the config stream. Errors from the control plane surface as `ControlPlaneError` with its one-line message."""
+hold the config stream. Errors from the control plane surface as `ControlPlaneError` with its one-line message;
+failing to reach it raises `StreamClosed`, `OSError` or `trio.TooSlowError`.
+
+Every call is HTTP/2 on the sidecar's own small client (`h2duplex`, which the config stream needs anyway): the API
+port serves HTTP/2 (prior knowledge in clear text, ALPN `h2` over TLS), and a sidecar that loaded httpx for a few
+calls would keep ~5 MB more for good.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import trio
 
 from meshcast.errors import MeshcastError
 from meshcast.wire.configstream import ClientSession, MessageDecoder, SnapshotReceived
-from meshcast.wire.h2duplex import DuplexStream, open_duplex_stream
+from meshcast.wire.h2duplex import DuplexStream, open_duplex_stream, request
 
 
 class ControlPlaneError(MeshcastError):
@@ -24,14 +31,22 @@ class ControlPlaneError(MeshcastError):
         super().__init__(message)
 
 
-def raise_for_error(response: httpx.Response) -> None:
-    if response.status_code < 400:
+def raise_for_error(status: int, body: bytes) -> None:
+    """ControlPlaneError for a status of 400 or more, with the `error` of the JSON body or the start of the text."""
+    if status < 400:
         return
     try:
-        message = str(response.json().get("error"))
+        message = str(json.loads(body).get("error"))
+    except (ValueError, AttributeError):  # not JSON, or JSON but not an object
+        message = body.decode(errors="replace").strip()[:200] or _reason(status)
+    raise ControlPlaneError(status, f"control plane answered {status}: {message}")
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
     except ValueError:
-        message = response.text.strip()[:200] or response.reason_phrase
-    raise ControlPlaneError(response.status_code, f"control plane answered {response.status_code}: {message}")
+        return ""
 
 
 @functools.cache
@@ -52,14 +67,20 @@ class ControlPlaneClient:
         self._timeout = timeout
         self.stream_url: str | None = None
 
-    async def _request(self, method: str, path: str, json: Any = None) -> Any:
-        # One short-lived client per call keeps no connection across trio runs; the TLS context, the costly part
-        # of a client, is built once per process and shared.
-        verify = self._ssl or _tls_context()
-        async with httpx.AsyncClient(base_url=self.url, timeout=self._timeout, verify=verify) as client:
-            response = await client.request(method, path, json=json, headers=self._auth)
-        raise_for_error(response)
-        return response.json() if response.content else None
+    async def _request(self, method: str, path: str, body: Any = None) -> Any:
+        # One connection per call keeps no connection across trio runs; the TLS context, the costly part of a
+        # client, is built once per process and shared.
+        headers = dict(self._auth)
+        data = b""
+        if body is not None:
+            headers["content-type"] = "application/json"
+            data = json.dumps(body).encode()
+        context = (self._ssl or _tls_context()) if self.url.startswith("https:") else None
+        prefix = urlsplit(self.url).path  # a control plane behind a path, as a base URL
+        with trio.fail_after(self._timeout):
+            response = await request(self.url, prefix + path, headers, data, method=method, ssl_context=context)
+        raise_for_error(response.status, response.body)
+        return json.loads(response.body) if response.body else None
 
     async def register(self, dataplane: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self._request("POST", "/v1/dataplanes/register", dict(dataplane))
@@ -102,8 +123,7 @@ class ControlPlaneClient:
                 with trio.move_on_after(2):
                     while chunk := await duplex.receive():
                         body += chunk
-                response = httpx.Response(status, content=body)
-                raise_for_error(response)
+                raise_for_error(status, body)
             yield ConfigStream(duplex)
 
 

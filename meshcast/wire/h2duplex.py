@@ -1,9 +1,13 @@
-"""A full-duplex HTTP/2 request over trio and h2: the client transport of the config stream.
+"""A full-duplex HTTP/2 request over trio and h2: the client transport of the config stream and the sidecar's calls.
 
 httpx cannot send a request body while it reads the response, which a config stream needs, so this opens one HTTP/2
 connection (prior knowledge over TCP, or ALPN `h2` over TLS), starts one request and lets the caller `send` body
 chunks and `receive` response chunks concurrently. One background task reads the socket and feeds h2; writes go
-through a lock; flow control is honoured both ways.
+through a lock; flow control is honoured both ways. `request` makes a plain request and reads the whole answer, so
+the sidecar's few unary calls (register, certificate) need no other HTTP client (httpx would cost it ~5 MB).
+
+Failing to keep talking to the server raises `StreamClosed` (a failed TLS handshake included); failing to connect,
+`OSError` or, after `connect_timeout`, `trio.TooSlowError`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import h2.config
@@ -25,7 +30,14 @@ from meshcast.wire.leanio import OrderedWriter, open_lean_tcp_stream
 
 
 class StreamClosed(Exception):
-    """The server ended or reset the stream, or the connection broke."""
+    """The server ended or reset the stream, or the connection broke (a failed TLS handshake included)."""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
 
 
 class DuplexStream:
@@ -42,7 +54,11 @@ class DuplexStream:
         self._error: str | None = None
 
     async def _flush(self) -> None:
-        await self._writer.flush(self._conn.data_to_send)
+        try:
+            await self._writer.flush(self._conn.data_to_send)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._fail(f"connection lost: {exc}")
+            raise StreamClosed(self._error) from None
 
     async def send(self, data: bytes, *, end: bool = False) -> None:
         view = memoryview(data)
@@ -108,6 +124,8 @@ class DuplexStream:
                     elif isinstance(event, h2.events.WindowUpdated):
                         self._window_open.set()
                 await self._flush()
+        except StreamClosed:
+            pass  # a write failed: _flush recorded why
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(f"connection lost: {exc}")
 
@@ -140,7 +158,11 @@ async def open_duplex_stream(
             context = ssl_context or ssl.create_default_context()
             context.set_alpn_protocols(["h2"])
             tls_stream = trio.SSLStream(sock, context, server_hostname=host)
-            await tls_stream.do_handshake()
+            try:
+                await tls_stream.do_handshake()
+            except trio.BrokenResourceError as exc:
+                await tls_stream.aclose()
+                raise StreamClosed(f"TLS handshake with {parts.netloc} failed: {exc.__cause__ or exc}") from None
             sock = tls_stream
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     # Large windows: a snapshot of a big mesh arrives without waiting for window updates.
@@ -176,3 +198,24 @@ async def open_duplex_stream(
             contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
         ):
             await sock.aclose()
+
+
+async def request(
+    url: str,
+    path: str,
+    headers: Mapping[str, str] | None = None,
+    body: bytes = b"",
+    *,
+    method: str = "GET",
+    ssl_context: ssl.SSLContext | None = None,
+) -> Response:
+    """One request on its own connection, and the whole response (the caller bounds the time it may take).
+
+    Raises StreamClosed, OSError, or trio.TooSlowError when connecting takes longer than 5 seconds."""
+    async with open_duplex_stream(url, path, headers, method=method, ssl_context=ssl_context) as stream:
+        await stream.send(body, end=True)
+        status = await stream.wait_response()
+        chunks = []
+        while chunk := await stream.receive():
+            chunks.append(chunk)
+        return Response(status, stream.headers, b"".join(chunks))
