@@ -6,7 +6,9 @@ Each error renders as one line an operator can act on; the API maps them to HTTP
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -25,6 +27,22 @@ class Violation:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+
+def format_loc(loc: Iterable[int | str], prefix: str = "") -> str:
+    """('spec', 'inbound', 0, 'port') -> 'spec.inbound[0].port': a field path as `Violation.path` spells it."""
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PLAIN_KEY.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part)}]"  # a key with spaces, dots or control characters stays on one line
+    return out
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 class ValidationError(MeshcastError):

@@ -1,7 +1,8 @@
 """`meshcast`: operate a mesh (apply, get, delete, inspect, generate tokens) and run its components.
 
 User errors print one line and exit non-zero; no tracebacks. Components are imported only by the subcommand that
-runs them, so `meshcast get` never loads the data plane or the etcd client.
+runs them, so `meshcast get` never loads the data plane or the etcd client, and the HTTP client (httpx) and YAML
+only by the commands that use them, so a sidecar (`meshcast dataplane run`) never holds them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import httpx
-import yaml
 
 import meshcast
 from meshcast.errors import MeshcastError
@@ -35,6 +34,8 @@ class Context:
             self.verify = ssl.create_default_context(cafile=ca_file)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
         with _reaching(self.cp):
             response = httpx.request(method, self.cp + path, timeout=30, verify=self.verify, **kwargs)
         if response.status_code >= 400:
@@ -48,6 +49,8 @@ class Context:
 
 @contextmanager
 def _reaching(url: str) -> Iterator[None]:
+    import httpx
+
     try:
         yield
     except httpx.ConnectError as exc:
@@ -140,6 +143,8 @@ def get(ctx: Context, type_name: str, name: str | None, mesh: str | None, output
     if output == "json":
         click.echo(json.dumps(items[0] if name else {"items": items}, indent=2))
     elif output == "yaml":
+        import yaml
+
         click.echo(yaml.safe_dump_all(items, sort_keys=False), nl=False)
     else:
         _print_table(_rows(rtype.name, items))

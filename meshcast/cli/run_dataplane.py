@@ -12,18 +12,9 @@ from pathlib import Path
 import click
 import trio
 
-from meshcast.errors import MeshcastError
+from meshcast.cli.dataplane_file import load_dataplane
 
 log = logging.getLogger("meshcast.dataplane")
-
-
-def _load_dataplane(path: Path) -> dict[str, object]:
-    from meshcast.resources import load_documents
-
-    resources = load_documents(path.read_text(), source=str(path))
-    if len(resources) != 1 or resources[0].type != "Dataplane":
-        raise click.BadParameter("must hold exactly one Dataplane resource", param_hint="--dataplane-file")
-    return resources[0].to_dict(meta=False)
 
 
 def _spawn_workers(count: int, argv: list[str]) -> list[subprocess.Popen[bytes]]:
@@ -57,8 +48,8 @@ def run_dataplane(
     if not token:
         raise click.BadParameter("the file is empty", param_hint="--token-file")
     try:
-        doc = _load_dataplane(dataplane_file)
-    except MeshcastError as exc:
+        doc = load_dataplane(dataplane_file)  # in a child process: the resource model stays out of the sidecar
+    except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--dataplane-file") from None
     mesh, name = str(doc.get("mesh", "default")), str(doc["name"])
     state = state_dir or Path("/var/lib/meshcast/dataplanes") / mesh / name

@@ -10,7 +10,6 @@ with its field path; it raises only `meshcast.errors.ValidationError`.
 from __future__ import annotations
 
 import enum
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -21,7 +20,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from meshcast.errors import ValidationError, Violation
+from meshcast.errors import ValidationError, Violation, format_loc
 
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 DEFAULT_MESH = "default"
@@ -227,22 +226,6 @@ def _opt_time(value: object) -> datetime | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-
-
-def format_loc(loc: Iterable[int | str], prefix: str = "") -> str:
-    """('spec', 'inbound', 0, 'port') -> 'spec.inbound[0].port'."""
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif _PLAIN_KEY.fullmatch(part):
-            out += f".{part}" if out else part
-        else:
-            out += f"[{json.dumps(part)}]"  # a key with spaces, dots or control characters stays on one line
-    return out
-
-
-_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 _TYPE_WORDS = {
