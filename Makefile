@@ -37,6 +37,7 @@ bench: deps $(STAMP)
 	$(BIN)/python bench/bench_push.py
 	$(BIN)/python bench/bench_http1.py
 	$(BIN)/python bench/bench_proxy.py
+	$(BIN)/python bench/bench_rss.py
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
