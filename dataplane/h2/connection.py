@@ -41,6 +41,11 @@ READ_SIZE = 65536
 Fields = list[tuple[bytes, bytes]]
 
 
+# Streams a client opens before the server's SETTINGS say how many it allows: the minimum RFC 9113 recommends
+# servers allow, and what nghttp2 assumes. Opening more could exceed the real limit and cost the connection.
+ASSUMED_PEER_STREAMS = 100
+
+
 @dataclass(frozen=True)
 class H2Limits:
     max_concurrent_streams: int = 128
@@ -117,6 +122,11 @@ class H2Stream:
             self._waiter.set()
             self._waiter = None
 
+    @property
+    def pending(self) -> bool:
+        """Whether an event is already queued (the next `receive` returns at once)."""
+        return bool(self._events)
+
     async def receive(self) -> StreamEvent:
         """The next event; a DATA event's bytes are acknowledged to the peer now, opening its window again."""
         while not self._events:
@@ -138,7 +148,10 @@ class H2Stream:
         if self.conn.closed:
             raise StreamGone(h2.errors.ErrorCodes.CANCEL, "connection closed")
 
-    async def send_headers(self, fields: Iterable[tuple[bytes, bytes]], *, end: bool = False) -> None:
+    async def send_headers(self, fields: Iterable[tuple[bytes, bytes]], *, end: bool = False,
+                           flush: bool = True) -> None:
+        """Queue a HEADERS frame; `flush=False` leaves it for the next send on the connection (one write for a
+        head and the body already at hand)."""
         self._check()
         try:
             self.conn.h2.send_headers(self.stream_id, list(fields), end_stream=end)
@@ -146,9 +159,10 @@ class H2Stream:
             raise StreamGone(h2.errors.ErrorCodes.PROTOCOL_ERROR, f"cannot send headers: {exc}") from None
         if end:
             self.local_closed = True
-        await self.conn.flush()
+        if flush:
+            await self.conn.flush()
 
-    async def send_data(self, data: bytes, *, end: bool = False) -> None:
+    async def send_data(self, data: bytes, *, end: bool = False, flush: bool = True) -> None:
         """Send `data` (END_STREAM with its last frame if `end`), waiting for flow-control window as needed."""
         view = memoryview(data)
         h2conn = self.conn.h2
@@ -156,8 +170,9 @@ class H2Stream:
             self._check()
             window = min(h2conn.local_flow_control_window(self.stream_id), h2conn.max_outbound_frame_size)
             if window <= 0 and view:
-                self._window = trio.Event()
-                await self._window.wait()
+                self._window = window_opened = trio.Event()  # before the flush: a WINDOW_UPDATE may come during it
+                await self.conn.flush()  # what is queued leaves before we wait for the peer
+                await window_opened.wait()
                 continue
             chunk, view = view[:window], view[window:]
             try:
@@ -166,7 +181,8 @@ class H2Stream:
                 raise StreamGone(h2.errors.ErrorCodes.PROTOCOL_ERROR, f"cannot send data: {exc}") from None
             if end and not view:
                 self.local_closed = True
-            await self.conn.flush()
+            if view or flush:
+                await self.conn.flush()
             if not view:
                 return
 
@@ -222,6 +238,7 @@ class H2Connection:
         self.streams: dict[int, H2Stream] = {}
         self.closed = False
         self.goaway_received = False
+        self.settings_received = False
         self.requests = 0
         self._capacity: trio.Event | None = None
         self._flush_pending = False
@@ -259,15 +276,18 @@ class H2Connection:
     @property
     def available(self) -> bool:
         """Whether a new request may start here now (open, not going away, below the peer's stream limit)."""
-        return (not self.closed and not self.goaway_received
-                and len(self.streams) < self.h2.remote_settings.max_concurrent_streams)
+        limit = self.h2.remote_settings.max_concurrent_streams
+        if not self.settings_received:  # the peer's limit is unknown until its SETTINGS arrive (RFC 9113 6.5.2)
+            limit = min(limit, ASSUMED_PEER_STREAMS)
+        return not self.closed and not self.goaway_received and len(self.streams) < limit
 
     async def open_stream(self, fields: Fields, *, end: bool) -> H2Stream:
         """Start a request: HEADERS now, the body with the stream's send_data. Raises StreamGone."""
         while not self.available:
             if self.closed or self.goaway_received:
                 raise StreamGone(h2.errors.ErrorCodes.REFUSED_STREAM, "connection going away")
-            self._capacity = trio.Event()
+            if self._capacity is None:  # one event for every waiter: all of them re-check when it fires
+                self._capacity = trio.Event()
             await self._capacity.wait()
         stream_id = self.h2.get_next_available_stream_id()
         stream = self.streams[stream_id] = H2Stream(self, stream_id)
@@ -346,7 +366,8 @@ class H2Connection:
             if not self._dispatch(events):
                 await self.flush_quietly()
                 return
-            await self.flush()
+            if self.h2._data_to_send:  # acknowledgements, pings, resets
+                await self.flush()
 
     async def flush_quietly(self) -> None:
         with contextlib.suppress(StreamGone):
@@ -410,6 +431,7 @@ class H2Connection:
                 for stream in targets:
                     stream._wake()
             elif isinstance(event, h2.events.RemoteSettingsChanged):
+                self.settings_received = True
                 self._wake_capacity()
                 for stream in self.streams.values():
                     stream._wake()

@@ -257,13 +257,14 @@ class H2Proxy:
         try:
             while True:
                 event = await up.receive()
+                more = up.pending  # more already here: send this one with it, in one write
                 if isinstance(event, HeadersIn):
-                    await down.send_headers(event.fields, end=event.end)
+                    await down.send_headers(event.fields, end=event.end, flush=event.end or not more)
                     started = started or not event.informational
                     if event.end:
                         return True
                 elif isinstance(event, DataIn):
-                    await down.send_data(event.data, end=event.end)
+                    await down.send_data(event.data, end=event.end, flush=event.end or not more)
                     if event.end:
                         return True
                 elif isinstance(event, TrailersIn):
