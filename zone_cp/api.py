@@ -86,7 +86,8 @@ def build_app(cp: ZoneControlPlane) -> FastAPI:
 
     @app.get("/", summary="Product, version and zone of this control plane")
     async def index() -> dict[str, Any]:
-        return {"product": "meshcast", "component": "zone-cp", "version": meshcast.__version__,
+        component = "global-cp" if cp.config.role == "global" else "zone-cp"
+        return {"product": "meshcast", "component": component, "version": meshcast.__version__,
                 "zone": cp.config.zone, "dataplanePort": cp.dp_port}
 
     def _config_stream(resource: Resource) -> dict[str, Any]:
@@ -148,6 +149,23 @@ def build_app(cp: ZoneControlPlane) -> FastAPI:
     @app.get("/v1/inspect/dataplanes", summary="Dataplanes with their health and config-stream status")
     async def inspect_dataplanes(mesh: str | None = None) -> list[dict[str, Any]]:
         return cp.inspect_dataplanes(mesh)
+
+    @app.get("/v1/inspect/zones", summary="Zones with their status (global control plane)")
+    async def inspect_zones() -> list[dict[str, Any]]:
+        if cp.zones is None:
+            raise ValidationError("", [Violation("zones", "zones are tracked by the global control plane: "
+                                                 "ask it (meshcast --cp <global CP URL> get zones)")])
+        result: list[dict[str, Any]] = cp.zones.view()
+        return result
+
+    @app.get("/v1/inspect/services", summary="Services and the zones where they are available")
+    async def inspect_services() -> list[dict[str, Any]]:
+        if cp.zones is not None:
+            result: list[dict[str, Any]] = cp.zones.services()
+            return result
+        zone = cp.config.zone or "local"
+        return [{"mesh": mesh, "service": service, "zones": [{"zone": zone, **summary}]}
+                for (mesh, service), summary in sorted(cp.inventory.services().items())]
 
     # --- resources --------------------------------------------------------------------------------------------
 
@@ -233,6 +251,7 @@ def build_app(cp: ZoneControlPlane) -> FastAPI:
                 raise ValidationError(f"{type_name} {name}", [
                     Violation(field, f"{doc.get(field)!r} does not match the URL ({expected!r})")])
         resource: Resource = parse_resource(doc)
+        cp.check_editable(resource.rtype, resource.describe())
         await cp._check_references(resource)
         applied = await cp.upsert(resource, if_version=if_match.strip('"') if if_match else None)
         return JSONResponse(applied.resource.to_dict(), status_code=201 if applied.result == "created" else 200)

@@ -5,10 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+ROLES = ("standalone", "global", "zone")
+
 
 @dataclass(frozen=True)
 class ZoneCPConfig:
+    """`role`: standalone (a single-zone mesh), global (the operators' API for every zone: meshes and policies,
+    no dataplanes) or zone (federated: global resources come from `global_etcd`, local edits of them refused)."""
+
     state_dir: Path
+    role: str = "standalone"
+    global_etcd: str = ""
+    global_etcd_user: str | None = None
+    global_etcd_password: str | None = None
+    zone_lease_ttl: int = 10
     api_addr: str = "127.0.0.1:5681"
     dp_addr: str = "127.0.0.1:5678"
     zone: str = ""

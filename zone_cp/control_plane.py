@@ -9,11 +9,12 @@ digest changed. The API layer (`zone_cp.api`) is a thin translation of HTTP onto
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -36,7 +37,7 @@ from meshcast.errors import (
 from meshcast.pki import MeshCA, TokenClaims, TokenIssuer
 from meshcast.pki.tokens import KEY_FILE as TOKEN_KEY_FILE
 from meshcast.resources import Resource, Scope, lookup_type, parse_resource
-from meshcast.resources.model import DEFAULT_MESH
+from meshcast.resources.model import DEFAULT_MESH, ResourceType, Sync
 from meshcast.resources.types import DataplaneSpec, MeshSpec, Mtls
 from meshcast.store import ResourceStore, WatchCompacted
 from meshcast.wire.leanio import listen_tcp
@@ -106,6 +107,9 @@ class ZoneControlPlane:
         self.dp_port: int | None = None
         self._changed = trio.Event()
         self._health_changed = trio.Event()
+        self.global_store: Any = None  # the federation's store (role zone or global)
+        self.mirror: Any = None  # GlobalMirror (role zone)
+        self.zones: Any = None  # ZoneTracker (role global)
 
     # --- lifetime ---------------------------------------------------------------------------------------------
 
@@ -113,22 +117,75 @@ class ZoneControlPlane:
         from zone_cp.api import serve_api
 
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        if self.config.create_default_mesh:
+        role = self.config.role
+        if self.config.create_default_mesh and role != "zone":  # a federated zone gets its meshes from global
             await self._ensure_default_mesh()
         from zone_cp.dpserver import DataplaneServer
 
         sock = _bind(self.config.api_addr, default_port=5681)
-        dp_sock = _bind(self.config.dp_addr, default_port=5678)
         self.bound_port = sock.getsockname()[1]
-        self.dp_port = dp_sock.getsockname()[1]
-        async with trio.open_nursery() as nursery:
+        dp_sock = None
+        if role != "global":
+            dp_sock = _bind(self.config.dp_addr, default_port=5678)
+            self.dp_port = dp_sock.getsockname()[1]
+        async with contextlib.AsyncExitStack() as stack:
+            self.global_store = await stack.enter_async_context(self._open_global_store())
+            nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(self._sync_store)
-            nursery.start_soon(self._sweep_health)
-            await nursery.start(DataplaneServer(self, dp_sock, ssl_context=self._server_ssl_context()).run)
+            if dp_sock is not None:
+                nursery.start_soon(self._sweep_health)
+                await nursery.start(DataplaneServer(self, dp_sock, ssl_context=self._server_ssl_context()).run)
+            await nursery.start(self._federate)
             await nursery.start(serve_api, self, sock)
             self.ready = True
-            log.info("zone control plane serving on port %s", self.bound_port)
+            log.info("%s control plane serving on port %s", "global" if role == "global" else "zone",
+                     self.bound_port)
             task_status.started(self.bound_port)
+
+    @contextlib.asynccontextmanager
+    async def _open_global_store(self) -> AsyncIterator[Any]:
+        """The global keyspace: a zone's connection to it, or the global CP's own store (it is one)."""
+        from meshcast.federation.keyspace import GLOBAL_PREFIX
+
+        if self.config.role == "global":
+            yield self.store
+            return
+        if self.config.role != "zone":
+            yield None
+            return
+        from meshcast.store.etcd import EtcdStore
+
+        # Not `open`: the zone starts (from its saved global state) even when the global side does not answer.
+        store = EtcdStore(self.config.global_etcd, prefix=GLOBAL_PREFIX, username=self.config.global_etcd_user,
+                          password=self.config.global_etcd_password)
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+    async def _federate(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            if self.config.role == "zone":
+                from zone_cp.federation import GlobalMirror, ZonePublisher
+
+                self.mirror = GlobalMirror(self, self.global_store, self.config.state_dir)
+                await nursery.start(self.mirror.run)
+                nursery.start_soon(ZonePublisher(self, self.global_store, zone=self.config.zone,
+                                                 ttl=self.config.zone_lease_ttl).run)
+            elif self.config.role == "global":
+                from global_cp.zones import ZoneTracker
+
+                self.zones = ZoneTracker(self)
+                nursery.start_soon(self.zones.run)
+            task_status.started()
+
+    def check_editable(self, rtype: ResourceType, what: str) -> None:
+        """Refuse edits that belong to the other side of the federation (as Kuma does)."""
+        if self.config.role == "zone" and rtype.sync is Sync.GLOBAL_TO_ZONES:
+            raise Forbidden(f"{what} is managed by the global control plane: apply it there "
+                            f"(this zone, {self.config.zone}, receives it from there)")
+        if self.config.role == "global" and rtype.sync is Sync.LOCAL:
+            raise Forbidden(f"{what} belongs to a zone: register dataplanes with their zone control plane")
 
     def _server_ssl_context(self) -> ssl.SSLContext | None:
         if not (self.config.tls_cert and self.config.tls_key):
@@ -238,6 +295,7 @@ class ZoneControlPlane:
                 subject = exc.subject or f"document {index + 1}"
                 raise ValidationError(subject, exc.violations) from None
         for resource in resources:
+            self.check_editable(resource.rtype, resource.describe())
             await self._check_references(resource)
         return [await self.upsert(resource) for resource in resources]
 
@@ -277,6 +335,7 @@ class ZoneControlPlane:
 
     async def delete(self, type_name: str, name: str, mesh: str) -> None:
         rtype = lookup_type(type_name)
+        self.check_editable(rtype, f"{rtype.name} {name}")
         if rtype.name == "Mesh":
             for other in _mesh_scoped_types():
                 listing = await self.store.list(other, mesh=name)

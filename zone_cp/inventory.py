@@ -106,6 +106,18 @@ class Inventory:
             self._protocols = {key: next(iter(p)) if len(p) == 1 else "tcp" for key, p in found.items()}
         return self._protocols.get((mesh, service), "tcp")
 
+    def services(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Every (mesh, service) with instances in this zone: its healthy endpoint count and protocol (what the
+        zone publishes to the global keyspace; individual dataplanes stay zone-local)."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for (mesh, _), dataplane in self.dataplanes.items():
+            spec = dataplane.spec
+            assert isinstance(spec, DataplaneSpec)
+            for service in spec.services:
+                out[(mesh, service)] = {"healthy": len(self.endpoints(mesh, service)),
+                                        "protocol": self.protocol(mesh, service)}
+        return out
+
     def _build_index(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         index: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
         for key in sorted(self.healthy):

@@ -133,6 +133,9 @@ def get(ctx: Context, type_name: str, name: str | None, mesh: str | None, output
     from meshcast.resources import Scope
 
     rtype = _type_or_fail(type_name)
+    if rtype.name == "Zone" and name is None and output == "table":
+        _print_zones(ctx.request("GET", "/v1/inspect/zones"))
+        return
     if name is None:
         query = f"?mesh={mesh}" if mesh else ""
         items = ctx.request("GET", f"/v1/{rtype.plural}{query}")["items"]
@@ -226,6 +229,33 @@ def inspect_dataplanes(ctx: Context, mesh: str | None, output: str) -> None:
     _print_table(rows)
 
 
+def _print_zones(zones: list[dict[str, Any]]) -> None:
+    rows = [["NAME", "STATUS", "API", "INGRESS", "VERSION", "SERVICES"]]
+    for zone in zones:
+        rows.append([zone["name"], zone["status"] + (" (stale)" if zone.get("stale") else ""),
+                     zone.get("apiAddress") or "-", zone.get("ingressAddress") or "-", zone.get("version") or "-",
+                     str(zone.get("services", 0))])
+    _print_table(rows)
+
+
+@inspect.command("services")
+@click.option("-m", "--mesh", default=None, help="Only this mesh.")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_ctx
+def inspect_services(ctx: Context, mesh: str | None, output: str) -> None:
+    """Services and the zones where they are available (healthy endpoints per zone)."""
+    items = [s for s in ctx.request("GET", "/v1/inspect/services") if mesh is None or s["mesh"] == mesh]
+    if output == "json":
+        click.echo(json.dumps(items, indent=2))
+        return
+    rows = [["MESH", "SERVICE", "PROTOCOL", "ZONES (HEALTHY ENDPOINTS)"]]
+    for item in items:
+        protocols = sorted({z["protocol"] for z in item["zones"]})
+        rows.append([item["mesh"], item["service"], ",".join(protocols),
+                     ", ".join(f"{z['zone']} ({z['healthy']})" for z in item["zones"])])
+    _print_table(rows)
+
+
 @cli.group()
 def generate() -> None:
     """Generate credentials."""
@@ -286,7 +316,15 @@ def zone_cp() -> None:
               help="Address of the dataplane server (sidecars' config streams).")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/meshcast/zone"),
               show_default=True, help="Where CA and token-signing keys are kept (0600).")
-@click.option("--zone", default="", help="Name of this zone.")
+@click.option("--zone", default="", help="Name of this zone (required with --global-etcd).")
+@click.option("--global-etcd", default="",
+              help="Comma-separated client URLs of the global etcd: federate with the global control plane.")
+@click.option("--global-etcd-user", envvar="MESHCAST_GLOBAL_ETCD_USER", default=None,
+              help="This zone's etcd user in the global etcd (or MESHCAST_GLOBAL_ETCD_USER).")
+@click.option("--global-etcd-password", envvar="MESHCAST_GLOBAL_ETCD_PASSWORD", default=None,
+              help="Its password (prefer MESHCAST_GLOBAL_ETCD_PASSWORD).")
+@click.option("--zone-lease-ttl", type=click.IntRange(2, 300), default=10, show_default=True,
+              help="Seconds after which a dead zone CP's inventory vanishes from the global keyspace.")
 @click.option("--heartbeat-timeout", type=float, default=10.0, show_default=True,
               help="Seconds of silence after which a dataplane leaves every endpoint list.")
 @click.option("--heartbeat-interval", type=float, default=2.0, show_default=True,
@@ -302,6 +340,33 @@ def zone_cp_run(**options: Any) -> None:
 
     _logging(options.pop("log_level"))
     run_zone_cp(**options)
+
+
+@cli.group("global-cp")
+def global_cp() -> None:
+    """The global control plane: meshes and policies for every zone, federated over etcd."""
+
+
+@global_cp.command("run")
+@click.option("--etcd-endpoints", default="http://127.0.0.1:2379", show_default=True,
+              help="Comma-separated client URLs of the global etcd.")
+@click.option("--etcd-user", envvar="MESHCAST_ETCD_USER", default=None, help="etcd user (or MESHCAST_ETCD_USER).")
+@click.option("--etcd-password", envvar="MESHCAST_ETCD_PASSWORD", default=None,
+              help="etcd password (prefer MESHCAST_ETCD_PASSWORD).")
+@click.option("--api-addr", default="127.0.0.1:5681", show_default=True, help="Address of the HTTP API.")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/meshcast/global"),
+              show_default=True, help="Where the global CP's keys are kept (0600).")
+@click.option("--no-default-mesh", is_flag=True, help="Do not create the mesh 'default' on start.")
+@click.option("--allow-remote-admin", is_flag=True, help="Serve token issuing to non-loopback callers.")
+@click.option("--tls-cert", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--tls-key", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+def global_cp_run(**options: Any) -> None:
+    """Run the global control plane until SIGTERM or SIGINT."""
+    from meshcast.cli.run_zone import run_global_cp
+
+    _logging(options.pop("log_level"))
+    run_global_cp(**options)
 
 
 @cli.group("dataplane")

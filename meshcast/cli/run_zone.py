@@ -35,14 +35,46 @@ async def _until_signal(cancel: trio.CancelScope) -> None:
             return
 
 
+def run_global_cp(
+    *, etcd_endpoints: str, etcd_user: str | None, etcd_password: str | None, api_addr: str, state_dir: Path,
+    no_default_mesh: bool, allow_remote_admin: bool, tls_cert: Path | None, tls_key: Path | None,
+) -> None:
+    """The global CP is the control plane's API and store over the global keyspace, without dataplanes."""
+    from meshcast.federation.keyspace import GLOBAL_PREFIX
+
+    run_zone_cp(
+        store_kind="etcd", etcd_endpoints=etcd_endpoints, etcd_prefix=GLOBAL_PREFIX, etcd_user=etcd_user,
+        etcd_password=etcd_password, api_addr=api_addr, dp_addr="127.0.0.1:0", state_dir=state_dir, zone="",
+        heartbeat_timeout=10.0, heartbeat_interval=2.0, no_default_mesh=no_default_mesh,
+        allow_remote_admin=allow_remote_admin, tls_cert=tls_cert, tls_key=tls_key, role="global",
+    )
+
+
 def run_zone_cp(
     *, store_kind: str, etcd_endpoints: str, etcd_prefix: str, etcd_user: str | None, etcd_password: str | None,
     api_addr: str, dp_addr: str, state_dir: Path, zone: str, heartbeat_timeout: float, heartbeat_interval: float,
     no_default_mesh: bool, allow_remote_admin: bool, tls_cert: Path | None, tls_key: Path | None,
+    global_etcd: str = "", global_etcd_user: str | None = None, global_etcd_password: str | None = None,
+    zone_lease_ttl: int = 10, role: str | None = None,
 ) -> None:
+    from meshcast.federation.keyspace import GLOBAL_PREFIX
+    from meshcast.pki.spiffe import check_label
     from zone_cp.config import ZoneCPConfig, split_host_port
     from zone_cp.control_plane import ZoneControlPlane
 
+    if role is None:
+        role = "zone" if global_etcd else "standalone"
+    if role == "zone":
+        if not zone:
+            raise click.UsageError("--global-etcd needs --zone: the name this zone publishes under")
+        violations = check_label("zone", zone)
+        if violations:
+            raise click.BadParameter(violations[0].message, param_hint="--zone")
+        if not [u for u in global_etcd.split(",") if u.strip()]:
+            raise click.BadParameter("at least one URL is needed", param_hint="--global-etcd")
+        if store_kind == "etcd" and etcd_prefix.startswith(GLOBAL_PREFIX):
+            raise click.BadParameter("a zone's own store must not be the global keyspace",
+                                     param_hint="--etcd-prefix")
     for flag, value in (("--api-addr", api_addr), ("--dp-addr", dp_addr)):
         try:
             split_host_port(value, default_port=5681)
@@ -55,7 +87,9 @@ def run_zone_cp(
     config = ZoneCPConfig(
         state_dir=state_dir, api_addr=api_addr, dp_addr=dp_addr, zone=zone, heartbeat_timeout=heartbeat_timeout,
         heartbeat_interval=heartbeat_interval, create_default_mesh=not no_default_mesh,
-        allow_remote_admin=allow_remote_admin, tls_cert=tls_cert, tls_key=tls_key,
+        allow_remote_admin=allow_remote_admin, tls_cert=tls_cert, tls_key=tls_key, role=role,
+        global_etcd=global_etcd, global_etcd_user=global_etcd_user, global_etcd_password=global_etcd_password,
+        zone_lease_ttl=zone_lease_ttl,
     )
 
     async def main() -> None:
@@ -68,8 +102,10 @@ def run_zone_cp(
                 # What start-up allocated (modules, schemas, the first listing) lives as long as the process: move
                 # it out of the collector's way so full collections stay short.
                 gc.freeze()
-                click.echo(f"zone control plane ready on {api_addr.rsplit(':', 1)[0]}:{port} "
-                           f"(store: {store_kind})", err=True)
+                what = "global control plane" if role == "global" else "zone control plane"
+                federated = f", zone {zone} federated with {global_etcd}" if role == "zone" else ""
+                click.echo(f"{what} ready on {api_addr.rsplit(':', 1)[0]}:{port} "
+                           f"(store: {store_kind}{federated})", err=True)
         finally:
             with trio.CancelScope(shield=True):
                 await store.aclose()

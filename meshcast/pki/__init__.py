@@ -17,14 +17,14 @@ if TYPE_CHECKING:
     from meshcast.pki._clock import CLOCK_SKEW
     from meshcast.pki.ca import DEFAULT_INTERMEDIATE_VALIDITY, DEFAULT_ROOT_VALIDITY, DEFAULT_WORKLOAD_TTL, MeshCA
     from meshcast.pki.spiffe import parse_id, spiffe_id_of, trust_domain_id, workload_id
-    from meshcast.pki.tokens import DATAPLANE, KINDS, ZONE, TokenClaims, TokenIssuer, TokenVerifier, key_id
+    from meshcast.pki.tokens import DATAPLANE, INGRESS, KINDS, ZONE, TokenClaims, TokenIssuer, TokenVerifier, key_id
     from meshcast.pki.workload import TrustBundle, build_csr, generate_workload_key, verify_chain
 
 _EXPORTS = {
     "_clock": ("CLOCK_SKEW",),
     "ca": ("DEFAULT_INTERMEDIATE_VALIDITY", "DEFAULT_ROOT_VALIDITY", "DEFAULT_WORKLOAD_TTL", "MeshCA"),
     "spiffe": ("parse_id", "spiffe_id_of", "trust_domain_id", "workload_id"),
-    "tokens": ("DATAPLANE", "KINDS", "ZONE", "TokenClaims", "TokenIssuer", "TokenVerifier", "key_id"),
+    "tokens": ("DATAPLANE", "INGRESS", "KINDS", "ZONE", "TokenClaims", "TokenIssuer", "TokenVerifier", "key_id"),
     "workload": ("TrustBundle", "build_csr", "generate_workload_key", "verify_chain"),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_INTERMEDIATE_VALIDITY",
     "DEFAULT_ROOT_VALIDITY",
     "DEFAULT_WORKLOAD_TTL",
+    "INGRESS",
     "KINDS",
     "ZONE",
     "MeshCA",

@@ -5,6 +5,7 @@ Theory of operation. A token is a compact JWS (RFC 7515), i.e. a JWT::
     base64url(header) "." base64url(claims) "." base64url(signature)          (unpadded base64url)
     header = {"alg": "EdDSA", "kid": <RFC 7638 thumbprint of the public key>, "typ": "JWT"}
     claims = {"mesh": ..., "services": [...], "kind": "dataplane", "iat": <s>, "exp": <s>, "jti": <random>}
+    claims = {"zone": ..., "kind": "zone" | "ingress", "iat": <s>, "exp": <s>, "jti": <random>}
 
 signed with Ed25519 (RFC 8037): deterministic (no per-signature nonce to get wrong), fast, 64-byte signatures,
 and non-malleable. Any JWT tool can decode a token; only holders of the public key can check it.
@@ -43,8 +44,9 @@ from meshcast.pki._clock import aware_now
 from meshcast.pki.spiffe import check_label
 
 DATAPLANE = "dataplane"
-ZONE = "zone"
-KINDS = frozenset({DATAPLANE, ZONE})
+ZONE = "zone"  # a zone CP joining the global CP
+INGRESS = "ingress"  # a zone ingress registering with its zone CP
+KINDS = frozenset({DATAPLANE, ZONE, INGRESS})
 ALGORITHM = "EdDSA"
 
 KEY_FILE = "token-signing.key"
@@ -56,12 +58,14 @@ _MAX_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z; keeps datetime conversions 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _HEADER_KEYS = {"alg", "kid", "typ"}
 _CLAIM_KEYS = {"mesh", "services", "kind", "iat", "exp", "jti"}
+_ZONE_CLAIM_KEYS = {"zone", "kind", "iat", "exp", "jti"}  # zone and ingress tokens
 _RAW = serialization.Encoding.Raw
 
 
 @dataclass(frozen=True)
 class TokenClaims:
-    """What a verified token grants: identities in `services` of `mesh`, until `expires_at`."""
+    """What a verified token grants: identities in `services` of `mesh` (a dataplane token), or acting for
+    `zone` (a zone or ingress token), until `expires_at`."""
 
     mesh: str
     services: tuple[str, ...]
@@ -69,6 +73,7 @@ class TokenClaims:
     issued_at: datetime
     expires_at: datetime
     token_id: str
+    zone: str = ""
 
     def allows(self, mesh: str, service: str) -> bool:
         return mesh == self.mesh and service in self.services
@@ -203,28 +208,36 @@ class TokenIssuer:
         *,
         now: datetime | None = None,
     ) -> str:
-        """A signed token granting `services` of `mesh` for `valid_for` (whole seconds, at least one)."""
+        """A signed dataplane token granting `services` of `mesh` for `valid_for` (whole seconds, at least one)."""
         if isinstance(services, str):
             raise TypeError("services must be a list of names, not one string")
-        if kind not in KINDS:
+        if kind in (ZONE, INGRESS):
+            raise ValueError(f"{kind!r} tokens name a zone: use issue_zone")
+        if kind != DATAPLANE:
             raise ValueError(f"unknown token kind {kind!r} (known: {', '.join(sorted(KINDS))})")
-        lifetime = int(valid_for.total_seconds())
-        if lifetime < 1:
-            raise ValueError("valid_for must be at least one second")
         violations = check_label("mesh", mesh)
         for i, service in enumerate(services):
             violations += check_label(f"services[{i}]", service)
         if violations:
             raise ValidationError("token", violations)
+        return self._sign({"mesh": mesh, "services": list(dict.fromkeys(services)), "kind": kind},
+                          valid_for, now)
+
+    def issue_zone(self, zone: str, valid_for: timedelta, kind: str = ZONE, *, now: datetime | None = None) -> str:
+        """A signed token for `zone`: a zone token (the zone CP joins the global CP) or an ingress token."""
+        if kind not in (ZONE, INGRESS):
+            raise ValueError(f"unknown zone token kind {kind!r} (known: {ZONE}, {INGRESS})")
+        violations = check_label("zone", zone)
+        if violations:
+            raise ValidationError("token", violations)
+        return self._sign({"zone": zone, "kind": kind}, valid_for, now)
+
+    def _sign(self, claims: dict[str, Any], valid_for: timedelta, now: datetime | None) -> str:
+        lifetime = int(valid_for.total_seconds())
+        if lifetime < 1:
+            raise ValueError("valid_for must be at least one second")
         iat = int(_now(now).timestamp())
-        claims = {
-            "mesh": mesh,
-            "services": list(dict.fromkeys(services)),
-            "kind": kind,
-            "iat": iat,
-            "exp": iat + lifetime,
-            "jti": secrets.token_urlsafe(16),
-        }
+        claims = {**claims, "iat": iat, "exp": iat + lifetime, "jti": secrets.token_urlsafe(16)}
         header = {"alg": ALGORITHM, "kid": self._kid, "typ": "JWT"}
         signing_input = f"{_b64json(header)}.{_b64json(claims)}"
         return f"{signing_input}.{_b64encode(self._key.sign(signing_input.encode('ascii')))}"
@@ -239,12 +252,19 @@ class TokenIssuer:
 
 
 def _check_claims(claims: dict[str, Any], kind: str, now: datetime) -> TokenClaims:
-    if set(claims) != _CLAIM_KEYS:
-        raise _malformed("claims must hold exactly mesh, services, kind, iat, exp and jti")
-    mesh, services, token_kind = claims["mesh"], claims["services"], claims["kind"]
+    keys = set(claims)
+    if keys == _ZONE_CLAIM_KEYS:
+        zone, mesh, services = claims["zone"], "", []
+    elif keys == _CLAIM_KEYS:
+        zone, mesh, services = "", claims["mesh"], claims["services"]
+    else:
+        raise _malformed("claims must hold exactly mesh, services, kind, iat, exp and jti "
+                         "(zone, kind, iat, exp and jti for a zone token)")
+    token_kind = claims["kind"]
     iat, exp, jti = claims["iat"], claims["exp"], claims["jti"]
     if not (
         isinstance(mesh, str)
+        and isinstance(zone, str)
         and isinstance(services, list)
         and all(isinstance(s, str) for s in services)
         and isinstance(token_kind, str)
@@ -263,7 +283,9 @@ def _check_claims(claims: dict[str, Any], kind: str, now: datetime) -> TokenClai
         raise Unauthorized(
             f"token rejected: issued in the future ({issued_at:%Y-%m-%dT%H:%M:%SZ}); check clocks"
         )
-    return TokenClaims(mesh, tuple(services), token_kind, issued_at, expires_at, jti)
+    if (keys == _ZONE_CLAIM_KEYS) != (token_kind in (ZONE, INGRESS)):
+        raise _malformed(f"claims do not fit a {token_kind[:32]!r} token")
+    return TokenClaims(mesh, tuple(services), token_kind, issued_at, expires_at, jti, zone)
 
 
 def _is_time(value: object) -> bool:

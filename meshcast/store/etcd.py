@@ -134,6 +134,7 @@ class EtcdStore:
         self.retries = retries
         self.watch_buffer = watch_buffer
         self._client: Any = None
+        self._connecting = trio.Lock()
         self._closed = False
         self._watches: set[_Watch] = set()
 
@@ -164,8 +165,10 @@ class EtcdStore:
         return ",".join(f"http://{host}:{port}" for host, port in self._endpoints)
 
     async def connect(self) -> None:
-        if self._client is None:
-            self._client = await self._with_retries("connect", lambda _c, _r: self._new_client(), connect=True)
+        """Create the client if there is none (one at a time: concurrent callers share it) and check etcd answers."""
+        async with self._connecting:
+            if self._client is None:
+                self._client = await self._with_retries("connect", lambda _c, _r: self._new_client(), connect=True)
         await self.revision()
 
     def _new_client(self) -> Any:
@@ -355,6 +358,38 @@ class EtcdStore:
             return int(client.get_response(self.prefix, count_only=True).header.revision)
 
         return await self._with_retries("read the revision", read)
+
+    # --- raw keys (federation: zone inventory on leases, CA exchange) ------------------------------------------
+
+    async def put_key(self, key: str, value: bytes, *, lease: int | None = None) -> None:
+        """Put `value` at the absolute `key`, attached to `lease` (an ID from `grant_lease`) if given."""
+        await self._with_retries(f"put {key}", lambda client, _r: client.put(key, value, lease=lease))
+
+    async def get_keys(self, prefix: str) -> dict[str, bytes]:
+        """Every key under the absolute `prefix`, with its value."""
+        def scan(client: Any, _retried: bool) -> dict[str, bytes]:
+            return {meta.key.decode(): value for value, meta in client.get_prefix(prefix)}
+
+        return await self._with_retries(f"read {prefix}", scan)
+
+    async def delete_key(self, key: str) -> None:
+        await self._with_retries(f"delete {key}", lambda client, _r: client.delete(key))
+
+    async def grant_lease(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds; keys put on it vanish when it is not refreshed in time."""
+        return int(await self._with_retries("grant a lease", lambda client, _r: client.lease(ttl).id))
+
+    async def refresh_lease(self, lease: int) -> int:
+        """Keep `lease` alive; returns its remaining TTL in seconds, 0 if it has already expired."""
+        def refresh(client: Any, _retried: bool) -> int:
+            for response in client.refresh_lease(lease):
+                return int(response.TTL)
+            return 0
+
+        return await self._with_retries("refresh a lease", refresh)
+
+    async def revoke_lease(self, lease: int) -> None:
+        await self._with_retries("revoke a lease", lambda client, _r: client.revoke_lease(lease))
 
     @asynccontextmanager
     async def watch(

@@ -20,7 +20,9 @@ def meshcast_cmd(*args: str) -> list[str]:
 
 
 class ZoneCPProcess:
-    def __init__(self, state_dir: Path, *extra: str, ca_file: Path | None = None) -> None:
+    def __init__(self, state_dir: Path, *extra: str, ca_file: Path | None = None, component: str = "zone-cp") -> None:
+        """`component`: zone-cp, or global-cp for the global control plane (same API, no dataplane server)."""
+        self.component = component
         self.port = free_port()
         self.ca_file = ca_file
         self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
@@ -30,7 +32,8 @@ class ZoneCPProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> None:
-        cmd = meshcast_cmd("zone-cp", "run", "--api-addr", f"127.0.0.1:{self.port}", "--dp-addr", "127.0.0.1:0",
+        dp = ["--dp-addr", "127.0.0.1:0"] if self.component == "zone-cp" else []
+        cmd = meshcast_cmd(self.component, "run", "--api-addr", f"127.0.0.1:{self.port}", *dp,
                            "--state-dir", str(self.state_dir), *self.extra)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the process owns it until it exits
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -38,7 +41,7 @@ class ZoneCPProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"zone CP exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"{self.component} exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 verify = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
                 if httpx.get(self.url + "/readyz", timeout=0.5, verify=verify).status_code == 200:
@@ -46,10 +49,10 @@ class ZoneCPProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"zone CP not ready after {timeout}s:\n{self.log()}")
+        raise RuntimeError(f"{self.component} not ready after {timeout}s:\n{self.log()}")
 
-    def stop(self) -> None:
-        stop_process(self.proc)
+    def stop(self, *, kill: bool = False) -> None:
+        stop_process(self.proc, kill=kill)
 
     def log(self) -> str:
         try:

@@ -17,7 +17,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from meshcast.errors import Unauthorized, ValidationError
-from meshcast.pki import DATAPLANE, ZONE, TokenClaims, TokenIssuer, TokenVerifier, key_id
+from meshcast.pki import DATAPLANE, INGRESS, ZONE, TokenClaims, TokenIssuer, TokenVerifier, key_id
 
 NOW = datetime(2030, 6, 1, 8, 0, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -105,10 +105,27 @@ def test_tampered_claims(issuer: TokenIssuer, token: str) -> None:
 
 
 def test_wrong_kind(issuer: TokenIssuer) -> None:
-    zone_token = issuer.issue("demo", [], HOUR, kind=ZONE, now=NOW)
-    assert issuer.verify(zone_token, kind=ZONE, now=NOW).kind == ZONE
+    zone_token = issuer.issue_zone("eu", HOUR, now=NOW)
+    claims = issuer.verify(zone_token, kind=ZONE, now=NOW)
+    assert (claims.kind, claims.zone, claims.mesh, claims.services) == (ZONE, "eu", "", ())
     with pytest.raises(Unauthorized, match="it is a 'zone' token, expected a 'dataplane' token"):
         issuer.verify(zone_token, now=NOW)
+    ingress_token = issuer.issue_zone("eu", HOUR, INGRESS, now=NOW)
+    with pytest.raises(Unauthorized, match="it is a 'ingress' token, expected a 'zone' token"):
+        issuer.verify(ingress_token, kind=ZONE, now=NOW)
+    dataplane_token = issuer.issue("demo", ["web"], HOUR, now=NOW)
+    with pytest.raises(Unauthorized, match="expected a 'zone' token"):
+        issuer.verify(dataplane_token, kind=ZONE, now=NOW)
+
+
+def test_zone_token_expiry_and_names(issuer: TokenIssuer) -> None:
+    token = issuer.issue_zone("us", timedelta(seconds=5), now=NOW)
+    with pytest.raises(Unauthorized, match="token expired at"):
+        issuer.verify(token, kind=ZONE, now=NOW + timedelta(seconds=5))
+    with pytest.raises(ValidationError):
+        issuer.issue_zone("Not A Zone", HOUR)
+    with pytest.raises(ValueError, match="use issue_zone"):
+        issuer.issue("demo", [], HOUR, kind=ZONE)
 
 
 def test_wrong_kid(issuer: TokenIssuer, token: str) -> None:

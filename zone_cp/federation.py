@@ -1,0 +1,224 @@
+"""A zone control plane's side of the federation: it mirrors the global resources and publishes its inventory.
+
+Theory of operation. Two long-lived tasks, both indifferent to outages of the global side:
+
+- `GlobalMirror` lists the global resources (the types that sync global-to-zones: meshes, zones, policies),
+  reconciles the zone's own store to them (upsert what differs, delete what the global side no longer has), then
+  follows the global watch from the listing's revision. After every change the global state is written to
+  `<state_dir>/global-state.json`; at start-up that file is applied before the global side answers, so a zone CP
+  restarted during a partition serves its last known global state. Local edits of these types are refused by the
+  control plane (`ZoneControlPlane.check_editable`); the mirror writes through `upsert`, which does not check.
+  A watch broken by an outage or a compaction ends in a fresh listing, which is a full reconcile: nothing lost, and
+  upserts of unchanged content are no-ops, so nothing duplicated either.
+- `ZonePublisher` keeps `zones/<zone>/info` and one key per (mesh, service) under one etcd lease, refreshed every
+  third of its TTL and republished when the inventory changes (coalesced over `debounce` seconds). If the lease
+  expired meanwhile (a partition longer than the TTL), a new lease is granted and everything is written again. On a
+  clean shutdown the lease is revoked, so the zone goes offline at once instead of after the TTL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import meshcast
+from meshcast.errors import MeshcastError, NotFound, StoreUnavailable, ValidationError
+from meshcast.federation.keyspace import info_key, service_key
+from meshcast.resources import Resource, lookup_type, parse_resource
+from meshcast.resources.model import Scope, Sync
+from meshcast.store import EventKind, WatchCompacted
+from meshcast.store.etcd import EtcdStore
+from zone_cp.control_plane import ZoneControlPlane
+
+log = logging.getLogger("meshcast.zone_cp.federation")
+
+STATE_FILE = "global-state.json"
+
+
+def synced(type_name: str) -> bool:
+    """Whether resources of this type come from the global control plane."""
+    try:
+        return lookup_type(type_name).sync is Sync.GLOBAL_TO_ZONES
+    except MeshcastError:
+        return False
+
+
+def _order(resources: Iterable[Resource]) -> list[Resource]:
+    """Meshes and other global-scope resources before what lives inside a mesh."""
+    return sorted(resources, key=lambda r: (lookup_type(r.type).scope is Scope.MESH, r.type, r.mesh, r.name))
+
+
+class GlobalMirror:
+    def __init__(self, cp: ZoneControlPlane, global_store: EtcdStore, state_dir: Path) -> None:
+        self.cp = cp
+        self.global_store = global_store
+        self.path = state_dir / STATE_FILE
+        self.state: dict[tuple[str, str, str], Resource] = {}
+        self.revision = 0
+        self.synced_once = False  # the global side answered since start
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        cached = self.load()
+        if cached is not None:
+            await self._reconcile(cached)
+            log.info("applied the last known global state (%d resources) from %s", len(cached), self.path)
+        task_status.started()
+        backoff = 0.05
+        while True:
+            try:
+                await self.global_store.connect()
+                listing = await self.global_store.list()
+                await self._reconcile([r for r in listing.items if synced(r.type)])
+                self.revision = listing.revision
+                self.save()
+                if not self.synced_once:
+                    log.info("in sync with the global control plane (revision %d)", listing.revision)
+                self.synced_once = True
+                backoff = 0.05
+                async with self.global_store.watch(after_revision=listing.revision) as events:
+                    async for event in events:
+                        if not synced(event.type):
+                            continue
+                        key = (event.type, event.mesh, event.name)
+                        if event.kind is EventKind.DELETED:
+                            self.state.pop(key, None)
+                            await self._delete_local(event.type, event.name, event.mesh)
+                        elif event.resource is not None:
+                            self.state[key] = event.resource
+                            await self.cp.upsert(event.resource)
+                        self.revision = event.revision
+                        self.save()
+            except WatchCompacted:
+                log.warning("global history compacted under the watch; listing again")
+            except StoreUnavailable as exc:
+                log.warning("global store unavailable, serving the last known global state: %s", exc)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _reconcile(self, resources: list[Resource]) -> None:
+        """Make the zone's store hold exactly `resources` among the synced types."""
+        wanted = {(r.type, r.mesh, r.name): r for r in resources}
+        for resource in _order(wanted.values()):
+            await self.cp.upsert(resource)
+        local = await self.cp.store.list()
+        stale = [r for r in local.items if synced(r.type) and (r.type, r.mesh, r.name) not in wanted]
+        for resource in reversed(_order(stale)):
+            await self._delete_local(resource.type, resource.name, resource.mesh)
+        self.state = wanted
+
+    async def _delete_local(self, type_name: str, name: str, mesh: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.cp.store.delete(type_name, name, mesh)
+
+    def save(self) -> None:
+        """Write the global state atomically (a crash leaves the previous file, never half of one)."""
+        body = {"revision": self.revision, "resources": [r.to_dict() for r in _order(self.state.values())]}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+    def load(self) -> list[Resource] | None:
+        try:
+            body = json.loads(self.path.read_text())
+            return [parse_resource(doc) for doc in body["resources"] if synced(str(doc.get("type")))]
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+            log.warning("ignoring the saved global state %s: %s", self.path, exc)
+            return None
+
+
+class ZonePublisher:
+    def __init__(self, cp: ZoneControlPlane, global_store: EtcdStore, *, zone: str, ttl: int = 10,
+                 debounce: float = 0.1, ingress_address: str | None = None) -> None:
+        if ttl < 2:
+            raise ValueError("the zone lease TTL must be at least 2 seconds")
+        self.cp = cp
+        self.store = global_store
+        self.zone = zone
+        self.ttl = ttl
+        self.debounce = debounce
+        self.ingress_address = ingress_address
+        self.lease: int | None = None
+        self.published: dict[str, bytes] = {}
+
+    def info(self) -> dict[str, Any]:
+        config = self.cp.config
+        host = config.api_addr.rsplit(":", 1)[0]
+        return {"zone": self.zone, "version": meshcast.__version__,
+                "apiAddress": f"{host}:{self.cp.bound_port}", "dataplanePort": self.cp.dp_port,
+                "ingressAddress": self.ingress_address}
+
+    def wanted(self) -> dict[str, bytes]:
+        keys = {info_key(self.zone): json.dumps(self.info(), sort_keys=True).encode()}
+        for (mesh, service), summary in self.cp.inventory.services().items():
+            keys[service_key(self.zone, mesh, service)] = json.dumps(summary, sort_keys=True).encode()
+        return keys
+
+    async def run(self) -> None:
+        backoff = 0.05
+        try:
+            while True:
+                try:
+                    await self._publish_forever()
+                except StoreUnavailable as exc:
+                    log.warning("cannot publish zone %s to the global store: %s", self.zone, exc)
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                else:
+                    backoff = 0.05
+        finally:
+            await self._revoke()
+
+    async def _publish_forever(self) -> None:
+        """Returns when the lease is lost (a new one is then granted); raises StoreUnavailable."""
+        if self.lease is None:
+            await self.store.connect()
+            self.lease = await self.store.grant_lease(self.ttl)
+            self.published = {}
+            log.info("zone %s publishing on lease %x (TTL %ds)", self.zone, self.lease, self.ttl)
+        refresh_at = trio.current_time() + self.ttl / 3
+        while True:
+            generation = self.cp.inventory.generation
+            await self._sync_keys()
+            with trio.move_on_at(refresh_at):
+                await self.cp.wait_changed(generation)
+                await trio.sleep(self.debounce)  # coalesce a burst of changes into one publication
+            if trio.current_time() >= refresh_at:
+                remaining = await self.store.refresh_lease(self.lease)
+                if remaining <= 0:
+                    log.warning("zone %s lease expired (partition longer than %ds): publishing again",
+                                self.zone, self.ttl)
+                    self.lease = None
+                    return
+                refresh_at = trio.current_time() + self.ttl / 3
+
+    async def _sync_keys(self) -> None:
+        assert self.lease is not None
+        wanted = self.wanted()
+        for key, value in wanted.items():
+            if self.published.get(key) != value:
+                await self.store.put_key(key, value, lease=self.lease)
+                self.published[key] = value
+        for key in [k for k in self.published if k not in wanted]:
+            await self.store.delete_key(key)
+            del self.published[key]
+
+    async def _revoke(self) -> None:
+        lease, self.lease = self.lease, None
+        if lease is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await self.store.revoke_lease(lease)
+                log.info("zone %s: lease revoked, the zone is offline", self.zone)
+            except StoreUnavailable:
+                pass
