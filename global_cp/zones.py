@@ -8,12 +8,13 @@ offline, after its lease is gone. While the global store is unreachable the last
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from meshcast.errors import AlreadyExists, StoreUnavailable
+from meshcast.errors import AlreadyExists, MeshcastError, StoreUnavailable
 from meshcast.federation.keyspace import ZONES_PREFIX, ZoneState, parse_zones, services_view
 from meshcast.resources import Resource
 from meshcast.resources.types import ZoneSpec
@@ -43,9 +44,12 @@ class ZoneTracker:
             await trio.sleep(self.interval)
 
     async def refresh(self) -> None:
-        self.zones = parse_zones(await self.cp.global_store.get_keys(ZONES_PREFIX))
+        keys = await self.cp.global_store.get_keys(ZONES_PREFIX)
+        self.zones = parse_zones(keys)
         listing = await self.cp.store.list("Zone")
         self.known = {r.name for r in listing.items}
+        await self._sign_intermediates(keys, {r.name for r in listing.items
+                                              if isinstance(r.spec, ZoneSpec) and r.spec.enabled})
         for name in sorted(set(self.zones) - self.known):
             try:
                 await self.cp.store.create(Resource(type="Zone", name=name, spec=ZoneSpec()))
@@ -54,6 +58,23 @@ class ZoneTracker:
                 pass
             self.known.add(name)
         self.stale = False
+
+    async def _sign_intermediates(self, keys: dict[str, bytes], enabled: set[str]) -> None:
+        """Sign, with the mesh root, every intermediate CA a zone asks for that it does not hold yet: the
+        zone's CSR under its own prefix (which only it can write) for a mesh that exists."""
+        for zone, mesh, csr in pending_csrs(keys):
+            if zone not in enabled or mesh not in self.cp.inventory.meshes:
+                continue
+            root = self.cp.cas.get(mesh)
+            try:
+                certificate = root.sign_intermediate(csr, zone=zone)
+            except (MeshcastError, ValueError) as exc:
+                log.warning("not signing zone %s's intermediate CA for mesh %s: %s", zone, mesh, exc)
+                continue
+            message = {"certificate": certificate.decode(), "trustBundle": root.trust_bundle().decode()}
+            await self.cp.global_store.put_key(f"{ZONES_PREFIX}{zone}/ca/{mesh}/intermediate",
+                                               json.dumps(message).encode())
+            log.info("signed zone %s's intermediate CA for mesh %s", zone, mesh)
 
     def view(self) -> list[dict[str, Any]]:
         """Every zone, known or publishing, with its status (`meshcast get zones`)."""
@@ -75,3 +96,31 @@ class ZoneTracker:
     def services(self) -> list[dict[str, Any]]:
         """Where each service is available (`meshcast inspect services`)."""
         return services_view(self.zones)
+
+
+def pending_csrs(keys: dict[str, bytes]) -> list[tuple[str, str, bytes]]:
+    """(zone, mesh, CSR) for every CSR under `zones/*/ca/*/csr` whose intermediate is missing or is for another
+    key (the zone made a new key: it lost its state, or it renews)."""
+    out = []
+    for key, csr in sorted(keys.items()):
+        parts = key[len(ZONES_PREFIX):].split("/") if key.startswith(ZONES_PREFIX) else []
+        if len(parts) != 4 or parts[1] != "ca" or parts[3] != "csr":
+            continue
+        zone, mesh = parts[0], parts[2]
+        offered = keys.get(f"{ZONES_PREFIX}{zone}/ca/{mesh}/intermediate")
+        if offered is None or not _same_key(csr, offered):
+            out.append((zone, mesh, csr))
+    return out
+
+
+def _same_key(csr_pem: bytes, offered: bytes) -> bool:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    try:
+        wanted = x509.load_pem_x509_csr(csr_pem).public_key().public_bytes(serialization.Encoding.DER, spki)
+        cert = x509.load_pem_x509_certificate(json.loads(offered)["certificate"].encode())
+        return cert.public_key().public_bytes(serialization.Encoding.DER, spki) == wanted
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False

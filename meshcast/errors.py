@@ -83,3 +83,12 @@ class StoreUnavailable(MeshcastError):
     """The backing store (etcd) could not be reached in time."""
 
     http_status = 503
+
+
+class StoreUnauthorized(MeshcastError):
+    """The backing store (etcd) refused our credentials, or denied a request to the user they name.
+
+    A deployment error (wrong password, missing role or permission), not the API caller's: it maps to 500.
+    """
+
+    http_status = 500

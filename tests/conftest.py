@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.etcd import EtcdCluster, EtcdProcess, make_base_dir
+from tests.support.etcd import EtcdAuth, EtcdCluster, EtcdProcess, make_base_dir, start_with_auth
 
 
 @pytest.fixture
@@ -33,4 +33,23 @@ def etcd_cluster() -> Iterator[EtcdCluster]:
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def etcd_auth(request: pytest.FixtureRequest) -> Iterator[EtcdAuth]:
+    """A fresh single-node etcd with authentication on: `root_password` is root's (random per test).
+
+    Extra etcd flags come through indirect parametrization, e.g.
+    `@pytest.mark.parametrize("etcd_auth", [["--auth-token-ttl", "1"]], indirect=True)`.
+    """
+    base = make_base_dir()
+    node: EtcdProcess | None = None
+    try:
+        started = start_with_auth(base / "n0", extra_args=getattr(request, "param", ()))
+        node = started.node
+        yield started
+    finally:
+        if node is not None:
+            node.kill()
         shutil.rmtree(base, ignore_errors=True)

@@ -98,7 +98,11 @@ class ZoneControlPlane:
         self.metrics = ZoneMetrics(registry or CollectorRegistry())
         self.inventory = Inventory(zone=config.zone, heartbeat_interval=config.heartbeat_interval)
         self.health = HealthTracker(timeout=config.heartbeat_timeout)
-        self.cas = CertificateAuthorities(config.state_dir)
+        self.cas: Any = CertificateAuthorities(config.state_dir)
+        if config.role == "zone":  # intermediates signed by the mesh root at the global CP
+            from zone_cp.zone_ca import ZoneCAs
+
+            self.cas = ZoneCAs(config.state_dir, config.zone)
         self.tokens = _token_issuer(config.state_dir / "tokens")
         self.streams: dict[DPKey, StreamStatus] = {}
         self.ready = False
@@ -166,12 +170,14 @@ class ZoneControlPlane:
     async def _federate(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             if self.config.role == "zone":
-                from zone_cp.federation import GlobalMirror, ZonePublisher
+                from zone_cp.federation import GlobalMirror, IntermediateExchange, ZonePublisher
 
                 self.mirror = GlobalMirror(self, self.global_store, self.config.state_dir)
                 await nursery.start(self.mirror.run)
                 nursery.start_soon(ZonePublisher(self, self.global_store, zone=self.config.zone,
                                                  ttl=self.config.zone_lease_ttl).run)
+                nursery.start_soon(IntermediateExchange(self, self.global_store, self.cas,
+                                                        zone=self.config.zone).run)
             elif self.config.role == "global":
                 from global_cp.zones import ZoneTracker
 

@@ -30,12 +30,13 @@ import trio
 
 import meshcast
 from meshcast.errors import MeshcastError, NotFound, StoreUnavailable, ValidationError
-from meshcast.federation.keyspace import info_key, service_key
+from meshcast.federation.keyspace import info_key, service_key, zone_prefix
 from meshcast.resources import Resource, lookup_type, parse_resource
 from meshcast.resources.model import Scope, Sync
 from meshcast.store import EventKind, WatchCompacted
 from meshcast.store.etcd import EtcdStore
 from zone_cp.control_plane import ZoneControlPlane
+from zone_cp.zone_ca import ZoneCAs, csr_key, intermediate_key, parse_intermediate
 
 log = logging.getLogger("meshcast.zone_cp.federation")
 
@@ -222,3 +223,42 @@ class ZonePublisher:
                 log.info("zone %s: lease revoked, the zone is offline", self.zone)
             except StoreUnavailable:
                 pass
+
+
+class IntermediateExchange:
+    """Gets each mesh's intermediate CA signed by the global root: publish the CSR, wait for the certificate."""
+
+    def __init__(self, cp: ZoneControlPlane, global_store: EtcdStore, cas: ZoneCAs, *, zone: str,
+                 interval: float = 0.5) -> None:
+        self.cp = cp
+        self.store = global_store
+        self.cas = cas
+        self.zone = zone
+        self.interval = interval
+        self._published: dict[str, bytes] = {}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except StoreUnavailable as exc:
+                log.debug("intermediate CA exchange: %s", exc)
+            await trio.sleep(self.interval)
+
+    async def step(self) -> None:
+        waiting = [mesh for mesh, spec in self.cp.inventory.meshes.items()
+                   if spec.mtls_enabled and not self.cas.ready(mesh)]
+        if not waiting:
+            return
+        await self.store.connect()
+        offered = await self.store.get_keys(zone_prefix(self.zone) + "ca/")
+        for mesh in waiting:
+            message = parse_intermediate(offered.get(intermediate_key(self.zone, mesh), b""))
+            if message is not None and self.cas.install(mesh, message):
+                continue
+            csr = self.cas.csr(mesh)
+            if self._published.get(mesh) != csr:
+                await self.store.put_key(csr_key(self.zone, mesh), csr)
+                self._published[mesh] = csr
+                log.info("zone %s: asked the global control plane to sign its intermediate CA for mesh %s",
+                         self.zone, mesh)

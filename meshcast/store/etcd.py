@@ -49,7 +49,14 @@ import trio
 from pyetcd import exceptions as etcd_errors
 from pyetcd.events import DeleteEvent
 
-from meshcast.errors import AlreadyExists, Conflict, MeshcastError, NotFound, StoreUnavailable
+from meshcast.errors import (
+    AlreadyExists,
+    Conflict,
+    MeshcastError,
+    NotFound,
+    StoreUnauthorized,
+    StoreUnavailable,
+)
 from meshcast.resources import Resource
 from meshcast.resources.model import now
 from meshcast.store.base import EventKind, ListResult, ResourceChanged, WatchCompacted, matches
@@ -431,6 +438,7 @@ class EtcdStore:
         if client is None and not connect:
             raise RuntimeError("EtcdStore is not connected: use `await EtcdStore.open(...)`")
         attempt = 0
+        relogged = False
         while True:
             try:
                 return await trio.to_thread.run_sync(
@@ -443,6 +451,19 @@ class EtcdStore:
                 await trio.sleep(_RETRY_PAUSES[min(attempt, len(_RETRY_PAUSES) - 1)])
                 attempt += 1
             except _CLIENT_ERRORS as exc:
+                problem = _auth_problem(exc)
+                if problem == "invalid auth token" and self._username is not None and not relogged:
+                    # etcd drops a login after --auth-token-ttl idle seconds (300 by default): log in again.
+                    relogged = True
+                    log.info("etcd: the login of %s expired, logging in again", self._username)
+                    old, self._client = self._client, await trio.to_thread.run_sync(self._new_client)
+                    client = self._client
+                    if old is not None:
+                        await trio.to_thread.run_sync(_quietly, old.close, abandon_on_cancel=True)
+                    continue
+                if problem is not None:
+                    raise StoreUnauthorized(f"etcd at {self.endpoints} refused {what}: {problem}"
+                                            f"{f' (user {self._username})' if self._username else ''}") from None
                 raise self._unavailable(what, exc, attempt + 1) from None
             except Exception as exc:
                 if self._closed and not isinstance(exc, MeshcastError):  # gRPC's errors for a closed channel
@@ -469,6 +490,17 @@ def _call_once(client: Any, call: Callable[[Any, bool], T], retried: bool) -> T:
             if endpoint is not last or len(client.endpoints) == 1:
                 endpoint.last_failed = 0
         return call(client, retried)
+
+
+def _auth_problem(exc: BaseException) -> str | None:
+    """'invalid auth token', 'permission denied' or 'authentication failed' when etcd refused on those grounds."""
+    for error in (exc, exc.__context__):
+        if isinstance(error, grpc.RpcError):
+            details = str(error.details() or "")
+            for problem in ("invalid auth token", "permission denied", "authentication failed", "user name is empty"):
+                if problem in details:
+                    return problem
+    return None
 
 
 def _reason(exc: BaseException, timeout: float) -> str:

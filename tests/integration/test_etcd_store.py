@@ -12,7 +12,7 @@ import pyetcd
 import pytest
 import trio
 
-from meshcast.errors import StoreUnavailable
+from meshcast.errors import StoreUnauthorized, StoreUnavailable
 from meshcast.resources import Resource
 from meshcast.store import ResourceChanged, WatchCompacted
 from meshcast.store import etcd as etcd_store
@@ -95,9 +95,9 @@ async def test_credentials_are_used_when_etcd_requires_them(etcd: EtcdProcess) -
         done = await trio.run_process([etcdctl, "--endpoints", etcd.client_url, *args], capture_stdout=True,
                                       capture_stderr=True, env=env, check=False)
         assert done.returncode == 0, done.stderr
-    with pytest.raises(StoreUnavailable, match="authentication failed"):
+    with pytest.raises(StoreUnauthorized, match="authentication failed"):
         await EtcdStore.open([etcd.client_url], username="root", password="wrong")
-    with pytest.raises(StoreUnavailable, match="user name is empty"):
+    with pytest.raises(StoreUnauthorized, match="user name is empty"):
         await EtcdStore.open([etcd.client_url])
     async with open_etcd_store([etcd.client_url], username="root", password="s3cret") as store:
         start = await store.revision()

@@ -160,3 +160,38 @@ def test_zones_serve_their_last_global_state_through_etcd_failures(federation: d
         wait_for(lambda zone=zone: {"before", "one-down", "after"} <= mesh_names(zone), "zones in sync again",
                  timeout=20)
     assert "no-quorum" not in mesh_names(zones["eu"])
+
+
+def test_every_zone_signs_under_the_global_mesh_root(federation: dict[str, Any]) -> None:
+    from cryptography import x509
+
+    from meshcast.pki import build_csr, generate_workload_key, verify_chain
+
+    zones, tmp = federation["zones"], federation["tmp"]
+    issued = {}
+    for zone_name, zone in zones.items():
+        register(zone, f"web-{zone_name}", "web")
+        csr = build_csr(generate_workload_key(), "spiffe://default/web").decode()
+        token = zone.token("web")
+
+        def sign(zone: ZoneCPProcess = zone, name: str = f"web-{zone_name}", token: str = token,
+                 csr: str = csr) -> Any:
+            response = httpx.post(f"{zone.url}/v1/dataplanes/default/{name}/certificate", json={"csr": csr},
+                                  headers={"authorization": f"Bearer {token}"}, timeout=5)
+            assert response.status_code in (200, 503), response.text
+            return response.json() if response.status_code == 200 else None
+
+        issued[zone_name] = wait_for(sign, f"a certificate from zone {zone_name}", timeout=15)
+    # One root for the mesh, held by the global CP; each zone's chain goes through its own intermediate.
+    root = (tmp / "global" / "ca" / "default" / "ca.crt").read_bytes()
+    assert issued["eu"]["trustBundle"].encode() == issued["us"]["trustBundle"].encode() == root
+    issuers = set()
+    for zone_name, answer in issued.items():
+        chain = x509.load_pem_x509_certificates(answer["certificate"].encode())
+        assert len(chain) == 2 and f"{zone_name} intermediate CA" in chain[1].subject.rfc4514_string()
+        issuers.add(chain[1].subject.rfc4514_string())
+        verify_chain(answer["certificate"].encode(), answer["trustBundle"].encode())
+        # The intermediate's key never left the zone: only the zone's state dir holds it.
+        assert (tmp / zone_name / "ca" / "default" / "ca.key").exists()
+        assert not (tmp / "global" / "ca" / "default" / "zones").exists()
+    assert len(issuers) == 2

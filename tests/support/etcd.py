@@ -12,16 +12,20 @@ instead of skipping it.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyetcd
 import pytest
+from pyetcd import etcdrpc
 
 from tests.support.ports import free_port
 
@@ -43,8 +47,11 @@ def etcd_binary() -> str:
 
 
 def wait_writable(client_urls: list[str], timeout: float = READY_TIMEOUT,
-                  procs: list[EtcdProcess] | None = None) -> float:
-    """Put a key through every URL until each answers; returns the seconds it took. Fails if a process exits."""
+                  procs: list[EtcdProcess] | None = None, root_password: str | None = None) -> float:
+    """Put a key through every URL until each answers; returns the seconds it took. Fails if a process exits.
+
+    With `root_password` (auth enabled), each attempt authenticates as root first.
+    """
     start = time.monotonic()
     for url in client_urls:
         host, port = url.removeprefix("http://").rsplit(":", 1)
@@ -53,6 +60,8 @@ def wait_writable(client_urls: list[str], timeout: float = READY_TIMEOUT,
         try:
             while True:
                 try:
+                    if root_password is not None:
+                        _login(client, "root", root_password)
                     client.put("/meshcast-test/ready", "1")
                     break
                 except Exception as exc:
@@ -66,18 +75,27 @@ def wait_writable(client_urls: list[str], timeout: float = READY_TIMEOUT,
     return time.monotonic() - start
 
 
+def _login(client: pyetcd.MultiEndpointEtcd3Client, user: str, password: str) -> None:
+    """Authenticate an existing client: its calls carry the token as metadata (no call credentials on plaintext)."""
+    token = client.authstub.Authenticate(etcdrpc.AuthenticateRequest(name=user, password=password), 2.0).token
+    client.metadata = (("token", token),)
+    client.call_credentials = None
+
+
 class EtcdProcess:
     """One etcd member. `data_dir` survives `kill()`/`stop()`; `restart()` brings the same member back."""
 
     def __init__(self, name: str, data_dir: Path, *, client_port: int | None = None,
                  peer_port: int | None = None, initial_cluster: str | None = None,
-                 cluster_token: str = "meshcast-test") -> None:
+                 cluster_token: str = "meshcast-test", extra_args: Sequence[str] = ()) -> None:
         self.name = name
         self.data_dir = data_dir
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
         self.initial_cluster = initial_cluster or f"{name}={self.peer_url}"
         self.cluster_token = cluster_token
+        self.extra_args = list(extra_args)
+        self.root_password: str | None = None  # set once auth is enabled: readiness checks then log in as root
         self.log_path = data_dir.with_name(data_dir.name + ".log")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -105,6 +123,7 @@ class EtcdProcess:
             "--initial-cluster-state", "new",
             "--heartbeat-interval", "10", "--election-timeout", "100",
             "--logger", "zap", "--log-level", os.environ.get("MESHCAST_ETCD_LOG_LEVEL", "error"),
+            *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
             # etcd reads ETCD_* variables as flags (and exits if one shadows a flag): start it without them.
@@ -114,7 +133,7 @@ class EtcdProcess:
 
     def start(self) -> None:
         self.spawn()
-        wait_writable([self.client_url], procs=[self])
+        wait_writable([self.client_url], procs=[self], root_password=self.root_password)
 
     def wait_peer_serving(self, timeout: float = READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -208,3 +227,60 @@ class EtcdCluster:
 
 def make_base_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="meshcast-etcd-"))
+
+
+# --- authentication -------------------------------------------------------------------------------------------
+
+# bcrypt's cost 4 instead of etcd's 10: each password hash or check takes ~1 ms instead of ~90 ms.
+AUTH_ARGS = ["--bcrypt-cost", "4"]
+
+
+@dataclass(frozen=True)
+class EtcdAuth:
+    """A single etcd node with authentication on: user `root` (role `root`) has `root_password`."""
+
+    node: EtcdProcess
+    root_password: str
+
+    @property
+    def client_url(self) -> str:
+        return self.node.client_url
+
+
+def start_with_auth(data_dir: Path, *, extra_args: Sequence[str] = ()) -> EtcdAuth:
+    """Start a node and turn authentication on with raw Auth API calls (independent of the code under test).
+
+    The node is returned through `EtcdAuth` once started: the caller kills it (`node.kill()`), even on failure of
+    this function, which kills it itself before raising.
+    """
+    node = EtcdProcess("n0", data_dir, extra_args=[*AUTH_ARGS, *extra_args])
+    password = secrets.token_urlsafe(12)
+    try:
+        node.start()
+        endpoint = pyetcd.Endpoint("127.0.0.1", node.client_port, secure=False, time_retry=0)
+        client = pyetcd.MultiEndpointEtcd3Client([endpoint], timeout=5)
+        try:
+            auth = client.authstub
+            auth.UserAdd(etcdrpc.AuthUserAddRequest(name="root", password=password), 5)
+            auth.UserGrantRole(etcdrpc.AuthUserGrantRoleRequest(user="root", role="root"), 5)
+            auth.AuthEnable(etcdrpc.AuthEnableRequest(), 5)
+        finally:
+            client.close()
+        node.root_password = password
+    except BaseException:
+        node.kill()
+        raise
+    return EtcdAuth(node, password)
+
+
+def auth_client(url: str, user: str, password: str, *, timeout: float = 5.0) -> pyetcd.MultiEndpointEtcd3Client:
+    """A blocking pyetcd client logged in as `user` (the caller closes it)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    endpoint = pyetcd.Endpoint(host, int(port), secure=False, time_retry=0)
+    client = pyetcd.MultiEndpointEtcd3Client([endpoint], timeout=timeout)
+    try:
+        _login(client, user, password)
+    except BaseException:
+        client.close()
+        raise
+    return client

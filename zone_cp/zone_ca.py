@@ -1,0 +1,107 @@
+"""A federated zone's certificate authorities: per mesh, an intermediate CA whose key is generated here and whose
+certificate the mesh root at the global control plane signs, through the global keyspace.
+
+Theory of operation. For each mesh with mTLS the zone keeps `<state_dir>/ca/<mesh>/pending.key` (0600) until
+`zones/<zone>/ca/<mesh>/intermediate` holds a certificate for that key; the certificate, checked against the key
+and the root bundle that comes with it (`MeshCA` refuses a mismatch or a chain that does not verify), is then
+saved beside the key as a regular CA directory and used from then on, also across restarts while the global side
+is unreachable. The private key never leaves the zone: only its CSR travels (`zones/<zone>/ca/<mesh>/csr`).
+Until its intermediate arrives, a mesh has no CA in this zone and certificate requests are answered 503 (sidecars
+retry). Every workload certificate of every zone thus chains to the same mesh root, so mTLS works across zones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshcast.errors import StoreUnavailable
+from meshcast.federation.keyspace import zone_prefix
+from meshcast.pki import MeshCA, _files, build_csr, generate_workload_key
+from meshcast.pki.ca import KEY_FILE
+from meshcast.pki.spiffe import trust_domain_id
+
+log = logging.getLogger("meshcast.zone_cp.ca")
+
+PENDING_KEY = "pending.key"
+
+
+class CANotReady(StoreUnavailable):
+    """The zone has no intermediate CA for a mesh yet (HTTP 503: retry)."""
+
+
+def csr_key(zone: str, mesh: str) -> str:
+    return f"{zone_prefix(zone)}ca/{mesh}/csr"
+
+
+def intermediate_key(zone: str, mesh: str) -> str:
+    return f"{zone_prefix(zone)}ca/{mesh}/intermediate"
+
+
+class ZoneCAs:
+    """Same interface as `CertificateAuthorities.get`, for a zone whose CAs the global root signs."""
+
+    def __init__(self, state_dir: Path, zone: str) -> None:
+        self._dir = state_dir / "ca"
+        self.zone = zone
+        self._cas: dict[str, MeshCA] = {}
+
+    def get(self, mesh: str) -> MeshCA:
+        ca = self._cas.get(mesh)
+        if ca is None and (self._dir / mesh / KEY_FILE).exists():
+            ca = self._cas[mesh] = MeshCA.load(self._dir / mesh)
+        if ca is None:
+            raise CANotReady(f"zone {self.zone} has no CA for mesh {mesh} yet: the global control plane signs "
+                             "its intermediate (is the global etcd reachable?)")
+        return ca
+
+    def ready(self, mesh: str) -> bool:
+        try:
+            self.get(mesh)
+            return True
+        except CANotReady:
+            return False
+
+    def _pending_key(self, mesh: str) -> ec.EllipticCurvePrivateKey:
+        path = self._dir / mesh / PENDING_KEY
+        if path.exists():
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+            return key
+        key = generate_workload_key()
+        _files.ensure_dir(path.parent)
+        _files.write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+        return key
+
+    def csr(self, mesh: str) -> bytes:
+        """The CSR of this zone's pending intermediate key for `mesh` (the key is created on first use)."""
+        return build_csr(self._pending_key(mesh), trust_domain_id(mesh))
+
+    def install(self, mesh: str, message: dict[str, Any]) -> bool:
+        """Install the signed intermediate if it is for our pending key and chains to its bundle."""
+        key_pem = (self._dir / mesh / PENDING_KEY).read_bytes()
+        try:
+            ca = MeshCA.from_pem(str(message["certificate"]).encode(), key_pem,
+                                 bundle_pem=str(message["trustBundle"]).encode())
+        except (KeyError, ValueError) as exc:
+            log.warning("ignoring the intermediate offered for mesh %s: %s", mesh, exc)
+            return False
+        ca.save(self._dir / mesh)
+        (self._dir / mesh / PENDING_KEY).unlink(missing_ok=True)
+        self._cas[mesh] = ca
+        log.info("zone %s: intermediate CA for mesh %s installed (signed by the mesh root)", self.zone, mesh)
+        return True
+
+
+def parse_intermediate(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
