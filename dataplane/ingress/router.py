@@ -1,0 +1,243 @@
+"""Routing a TLS connection by the SNI of its ClientHello, without terminating TLS (the zone ingress's core).
+
+Theory of operation: `route_by_sni` owns one downstream connection from accept to close. It reads until the bytes
+hold a whole ClientHello (`sni.parse_client_hello`), within `hello_timeout` in total (a slowloris gets no more time
+than a legitimate client) and within the parser's 16 KiB cap. It asks `resolve(sni)` for the local endpoints of the
+named service and dials them in order, moving to the next one when a connect fails (as the sidecar retries a failed
+connect on another endpoint), at most `connect_attempts` of them. It then writes everything read so far to the
+endpoint and splices both ways (`dataplane.splice`) until both directions end, one breaks, or the connection idles
+for `idle_timeout`. The TLS session, mutual authentication included, stays end to end between the two sidecars:
+the ingress holds no key and sees only the ClientHello in clear.
+
+A connection that cannot be routed is closed, after a fatal TLS alert when it looked like TLS at all (an
+unrecognized_name alert for a name no service answers to, handshake_failure otherwise), and `route_by_sni`
+returns a short reason for metrics and logs (the `REFUSED_*` constants, or the reason of the last failed connect,
+as `UpstreamError.reason`). It returns None after a splice.
+
+`IngressServer` listens on an address and runs `route_by_sni` per connection; what it routes to is the `resolve`
+callable it is given, so the zone control plane's endpoints plug in without touching the IO.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from dataplane.ingress.names import parse_service_sni
+from dataplane.ingress.sni import MAX_HELLO, Hello, NotClientHello, parse_client_hello
+from dataplane.splice import splice
+from dataplane.transport.upstream import UpstreamError
+from meshcast.wire.leanio import LeanSocketStream, listen_tcp, open_lean_tcp_stream, serve_lean
+
+log = logging.getLogger("meshcast.dataplane.ingress")
+
+Address = tuple[str, int]
+Resolve = Callable[[str], Sequence[Address] | None]
+"""Endpoints for an SNI, in the order to try them; empty or None when no service answers to the name."""
+Dial = Callable[[str, int], Awaitable[trio.abc.Stream]]
+"""Connect to one endpoint; raise UpstreamError or OSError when it cannot be reached."""
+
+REFUSED_CLOSED = "closed_before_hello"  # the peer closed (or reset) before its ClientHello was complete
+REFUSED_TIMEOUT = "hello_timeout"  # no complete ClientHello within hello_timeout
+REFUSED_NOT_HELLO = "not_client_hello"  # not TLS, or a malformed ClientHello
+REFUSED_NO_SNI = "no_sni"  # a ClientHello without a server name: nothing to route on
+REFUSED_UNKNOWN = "unknown_sni"  # resolve() knows no endpoint for the name
+REFUSED_UPSTREAM_BROKEN = "upstream_broken"  # the endpoint accepted, then failed before taking the ClientHello
+
+ALERT_HANDSHAKE_FAILURE = 40
+ALERT_UNRECOGNIZED_NAME = 112
+
+CONNECT_ATTEMPTS = 3  # as the sidecar (dataplane.sidecar.CONNECT_ATTEMPTS)
+_ALERT_TIMEOUT = 1.0  # a peer that does not even read its alert gets no more time than this
+_RECEIVE_SIZE = MAX_HELLO
+
+
+def tls_alert(description: int) -> bytes:
+    """A fatal TLS alert record in clear (as sent before the handshake has keys): level 2, `description`."""
+    return bytes((21, 3, 3, 0, 2, 2, description))
+
+
+async def dial_tcp(host: str, port: int, *, connect_timeout: float = 5.0) -> LeanSocketStream:
+    """A plain TCP connection (the bytes are TLS already); raise UpstreamError("connect_timeout" or
+    "connect_failure") when it cannot be made within `connect_timeout` seconds."""
+    try:
+        with trio.fail_after(connect_timeout):
+            return await open_lean_tcp_stream(host, port)
+    except trio.TooSlowError:
+        raise UpstreamError("connect_timeout", f"{host}:{port} after {connect_timeout}s") from None
+    except OSError as exc:
+        raise UpstreamError("connect_failure", f"{host}:{port}: {exc.strerror or exc}") from None
+
+
+def resolve_service_sni(endpoints: Callable[[str, str], Sequence[Address] | None]) -> Resolve:
+    """A `Resolve` for the cross-zone naming scheme: `endpoints(mesh, service)` for a name of the form
+    `names.service_sni`, nothing for any other name."""
+
+    def resolve(sni: str) -> Sequence[Address] | None:
+        parsed = parse_service_sni(sni)
+        return endpoints(*parsed) if parsed is not None else None
+
+    return resolve
+
+
+async def route_by_sni(
+    downstream: trio.abc.Stream,
+    resolve: Resolve,
+    dial: Dial,
+    *,
+    hello_timeout: float = 10.0,
+    idle_timeout: float | None = 3600.0,
+    connect_attempts: int = CONNECT_ATTEMPTS,
+) -> str | None:
+    """Route `downstream` to an endpoint of the service its SNI names and splice the two until they are done.
+
+    Takes ownership of `downstream` and closes it before returning, as it does any upstream it opened. Returns
+    None after a splice, or why the connection was refused. Raises only what `resolve` or `dial` raise beyond
+    UpstreamError and OSError (and trio.Cancelled).
+    """
+    upstream: trio.abc.Stream | None = None
+    try:
+        buffered, outcome = await _read_hello(downstream, hello_timeout)
+        if not isinstance(outcome, Hello):
+            if outcome != REFUSED_CLOSED:
+                await _refuse(downstream, buffered, ALERT_HANDSHAKE_FAILURE)
+            return outcome
+        if outcome.sni is None:
+            await _refuse(downstream, buffered, ALERT_HANDSHAKE_FAILURE)
+            return REFUSED_NO_SNI
+        endpoints = resolve(outcome.sni) or ()
+        if not endpoints:
+            log.info("ingress: no service answers to %r", outcome.sni)
+            await _refuse(downstream, buffered, ALERT_UNRECOGNIZED_NAME)
+            return REFUSED_UNKNOWN
+        upstream, failure = await _dial_first(outcome.sni, endpoints[:connect_attempts], dial)
+        if upstream is None:
+            await _refuse(downstream, buffered, ALERT_HANDSHAKE_FAILURE)
+            return failure
+        try:
+            await upstream.send_all(buffered)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.info("ingress %s: endpoint failed before taking the hello: %s", outcome.sni, exc)
+            await _refuse(downstream, buffered, ALERT_HANDSHAKE_FAILURE)
+            return REFUSED_UPSTREAM_BROKEN
+        await splice(downstream, upstream, idle_timeout=idle_timeout)
+        return None
+    finally:
+        if upstream is not None:
+            await upstream.aclose()
+        await downstream.aclose()
+
+
+async def _read_hello(downstream: trio.abc.ReceiveStream, hello_timeout: float) -> tuple[bytes, Hello | str]:
+    """Everything read, and the ClientHello or why there is none. The parser bounds the bytes read."""
+    buffered = bytearray()
+    with trio.move_on_after(hello_timeout):
+        while True:
+            try:
+                chunk = await downstream.receive_some(_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return bytes(buffered), REFUSED_CLOSED
+            if not chunk:
+                return bytes(buffered), REFUSED_CLOSED
+            buffered += chunk
+            try:
+                parsed = parse_client_hello(bytes(buffered))
+            except NotClientHello as exc:
+                log.info("ingress: not a ClientHello: %s", exc.reason)
+                return bytes(buffered), REFUSED_NOT_HELLO
+            if isinstance(parsed, Hello):
+                return bytes(buffered), parsed
+    return bytes(buffered), REFUSED_TIMEOUT
+
+
+async def _dial_first(sni: str, endpoints: Sequence[Address], dial: Dial) -> tuple[trio.abc.Stream | None, str]:
+    """The first endpoint that accepts a connection, or None and the reason of the last failure."""
+    reason = "connect_failure"
+    for host, port in endpoints:
+        try:
+            return await dial(host, port), ""
+        except UpstreamError as exc:
+            reason = exc.reason
+            log.info("ingress %s: %s", sni, exc)
+        except OSError as exc:
+            reason = "connect_failure"
+            log.info("ingress %s: %s:%d: %s", sni, host, port, exc.strerror or exc)
+    return None, reason
+
+
+async def _refuse(downstream: trio.abc.Stream, buffered: bytes, alert: int) -> None:
+    """Send a fatal alert if the peer spoke TLS records at all (a plaintext client would not understand it), and
+    end our direction so the alert is followed by a FIN. The caller closes."""
+    if not buffered.startswith(b"\x16"):
+        return
+    with trio.move_on_after(_ALERT_TIMEOUT), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await downstream.send_all(tls_alert(alert))
+        if isinstance(downstream, trio.abc.HalfCloseableStream):
+            await downstream.send_eof()
+
+
+@dataclass(frozen=True, slots=True)
+class IngressStatistics:
+    active: int  # connections being read or spliced now
+    outcomes: dict[str, int] = field(default_factory=dict)  # finished connections: "spliced" or a refusal reason
+
+
+class IngressServer:
+    """Listens on `address:port` and routes every connection with `route_by_sni`.
+
+    Owns its listening socket (opened by `run`, closed when `run` ends) and the connections it accepted: cancelling
+    `run` closes them all. `resolve` is called once per connection, from the connection's task; an exception from
+    it (or from a custom `dial`) is logged and closes that connection only (outcome "internal_error").
+    """
+
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        resolve: Resolve,
+        *,
+        dial: Dial | None = None,
+        connect_timeout: float = 5.0,
+        hello_timeout: float = 10.0,
+        idle_timeout: float | None = 3600.0,
+        reuse_port: bool = False,
+    ) -> None:
+        self.address = address
+        self.port = port  # the bound port once `run` has started (useful with port 0)
+        self.resolve = resolve
+        self.dial: Dial = dial if dial is not None else functools.partial(dial_tcp, connect_timeout=connect_timeout)
+        self.hello_timeout = hello_timeout
+        self.idle_timeout = idle_timeout
+        self.reuse_port = reuse_port
+        self._active = 0
+        self._outcomes: Counter[str] = Counter()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled; raise OSError if the address cannot be bound."""
+        sock = listen_tcp(self.address, self.port, reuse_port=self.reuse_port)
+        try:
+            self.port = sock.getsockname()[1]
+            await serve_lean(sock, self._handle, task_status=task_status)
+        finally:
+            sock.close()
+
+    def statistics(self) -> IngressStatistics:
+        return IngressStatistics(active=self._active, outcomes=dict(self._outcomes))
+
+    async def _handle(self, stream: LeanSocketStream) -> None:
+        self._active += 1
+        try:
+            outcome = await route_by_sni(stream, self.resolve, self.dial, hello_timeout=self.hello_timeout,
+                                         idle_timeout=self.idle_timeout)
+        except Exception:  # a bug in resolve or dial must not end the listener (serve_lean's nursery)
+            log.exception("ingress: routing a connection failed")
+            outcome = "internal_error"
+        finally:
+            self._active -= 1
+        self._outcomes[outcome or "spliced"] += 1
