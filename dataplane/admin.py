@@ -1,17 +1,20 @@
-"""The sidecar's admin endpoint: `/ready`, `/metrics` (Prometheus), `/config` (the config in force, JSON).
+"""The sidecar's admin endpoint: `/ready`, `/metrics` (Prometheus), `/config` (the config in force, JSON);
+`serve_http` serves the zone ingress's too.
 
 Low traffic, loopback by default: h11 (well-kept, pure Python) parses it; one request per connection.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import h11
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from meshcast.wire.leanio import LeanSocketStream, serve_lean
 
@@ -48,6 +51,20 @@ def handle(sidecar: Sidecar, target: str) -> list[h11.Event]:
 
 async def serve_admin(sidecar: Sidecar, sock: socket.socket, *,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    await serve_http(functools.partial(handle, sidecar), sock, task_status=task_status)
+
+
+def json_response(status: int, body: object) -> list[h11.Event]:
+    return _response(status, json.dumps(body, indent=2).encode(), "application/json")
+
+
+def metrics_response(registry: CollectorRegistry) -> list[h11.Event]:
+    return _response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+
+async def serve_http(handler: Callable[[str], list[h11.Event]], sock: socket.socket, *,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve GETs on `sock`, one request per connection: `handler(target)` gives the response's events."""
     async def one(stream: LeanSocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         try:
@@ -59,7 +76,7 @@ async def serve_admin(sidecar: Sidecar, sock: socket.socket, *,
                         continue
                     break
             if isinstance(event, h11.Request):
-                events = handle(sidecar, event.target.decode("ascii", "replace"))
+                events = handler(event.target.decode("ascii", "replace"))
             else:
                 events = _response(400, b'{"error": "bad request"}', "application/json")
             for out in events:

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 import meshcast
 from meshcast.errors import Forbidden, MeshcastError, ValidationError, Violation
+from meshcast.pki import INGRESS, ZONE
 from meshcast.resources import Resource, lookup_type, parse_resource
 from meshcast.resources.duration import parse_duration
 from meshcast.resources.model import Scope as ResourceScope
@@ -42,6 +43,11 @@ class TokenRequest(BaseModel):
     mesh: str = "default"
     services: list[str] = Field(min_length=1)
     valid_for: str = Field(default="24h", alias="validFor")
+
+
+class ZoneTokenRequest(BaseModel):
+    zone: str = ""
+    valid_for: str = Field(default="720h", alias="validFor")
 
 
 class CertificateRequest(BaseModel):
@@ -109,16 +115,47 @@ def build_app(cp: ZoneControlPlane) -> FastAPI:
 
     # --- dataplanes (token-authenticated) ---------------------------------------------------------------------
 
-    @app.post("/v1/tokens/dataplane", summary="Issue a dataplane token (loopback callers only by default)")
-    async def issue_token(request: Request, body: TokenRequest) -> dict[str, str]:
-        _require_admin(request)
+    def _valid_for(text: str) -> timedelta:
         try:
-            valid_for = parse_duration(body.valid_for)
+            valid_for = parse_duration(text)
         except ValueError as exc:
             raise ValidationError("token request", [Violation("validFor", str(exc))]) from None
         if valid_for < timedelta(seconds=1):
             raise ValidationError("token request", [Violation("validFor", "must be at least 1s")])
-        return {"token": cp.issue_token(body.mesh, body.services, valid_for)}
+        return valid_for
+
+    @app.post("/v1/tokens/dataplane", summary="Issue a dataplane token (loopback callers only by default)")
+    async def issue_token(request: Request, body: TokenRequest) -> dict[str, str]:
+        _require_admin(request)
+        return {"token": cp.issue_token(body.mesh, body.services, _valid_for(body.valid_for))}
+
+    @app.post("/v1/tokens/ingress", summary="Issue a zone-ingress token for this zone (loopback callers only)")
+    async def issue_ingress_token(request: Request, body: ZoneTokenRequest) -> dict[str, str]:
+        _require_admin(request)
+        return {"token": cp.issue_zone_token(INGRESS, "", _valid_for(body.valid_for))}
+
+    @app.post("/v1/tokens/zone", summary="Issue a zone token (global control plane, loopback callers only)")
+    async def issue_zone_token(request: Request, body: ZoneTokenRequest) -> dict[str, str]:
+        _require_admin(request)
+        if cp.config.role != "global":
+            raise Forbidden("zone tokens are issued by the global control plane")
+        if not body.zone:
+            raise ValidationError("token request", [Violation("zone", "the zone to issue a token for is required")])
+        return {"token": cp.issue_zone_token(ZONE, body.zone, _valid_for(body.valid_for))}
+
+    @app.post("/v1/zones/join", summary="A zone CP exchanges its zone token for its global etcd credentials")
+    async def join_zone(authorization: str | None = Header(default=None)) -> dict[str, Any]:
+        if cp.config.role != "global":
+            raise Forbidden("zones join the global control plane, not a zone")
+        return await cp.join_zone(cp.verify_zone_token(authorization, ZONE))
+
+    @app.get("/v1/ingress/endpoints", summary="Local endpoints for the zone ingress (long poll with ?after=)")
+    async def ingress_endpoints(
+        advertise: str, after: int | None = Query(default=None, ge=0),
+        authorization: str | None = Header(default=None),
+    ) -> dict[str, Any]:
+        claims = cp.verify_zone_token(authorization, INGRESS)
+        return await cp.ingress_endpoints(claims, advertise, after)
 
     @app.post("/v1/dataplanes/register", status_code=200, summary="Register (create or update) a Dataplane")
     async def register(

@@ -19,6 +19,11 @@ class ZoneCPConfig:
     global_etcd_user: str | None = None
     global_etcd_password: str | None = None
     zone_lease_ttl: int = 10
+    global_cp: str = ""  # zone: the global CP's API, where the zone token is exchanged for etcd credentials
+    zone_token: str | None = None
+    etcd_endpoints: str = ""  # global: the global etcd, whose zone users it administers
+    etcd_user: str | None = None
+    etcd_password: str | None = None
     api_addr: str = "127.0.0.1:5681"
     dp_addr: str = "127.0.0.1:5678"
     zone: str = ""

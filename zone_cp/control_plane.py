@@ -34,11 +34,11 @@ from meshcast.errors import (
     ValidationError,
     Violation,
 )
-from meshcast.pki import MeshCA, TokenClaims, TokenIssuer
+from meshcast.pki import INGRESS, MeshCA, TokenClaims, TokenIssuer
 from meshcast.pki.tokens import KEY_FILE as TOKEN_KEY_FILE
 from meshcast.resources import Resource, Scope, lookup_type, parse_resource
 from meshcast.resources.model import DEFAULT_MESH, ResourceType, Sync
-from meshcast.resources.types import DataplaneSpec, MeshSpec, Mtls
+from meshcast.resources.types import DataplaneSpec, MeshSpec, Mtls, ZoneSpec
 from meshcast.store import ResourceStore, WatchCompacted
 from meshcast.wire.leanio import listen_tcp
 from zone_cp.config import ZoneCPConfig, split_host_port
@@ -47,6 +47,8 @@ from zone_cp.inventory import DPKey, Inventory
 from zone_cp.metrics import ZoneMetrics
 
 log = logging.getLogger("meshcast.zone_cp")
+
+INGRESS_TTL = 30.0  # an ingress that has not polled for this long is no longer published (it polls every <= 20 s)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class ZoneControlPlane:
         self.dp_port: int | None = None
         self._changed = trio.Event()
         self._health_changed = trio.Event()
+        self.ingresses: dict[str, float] = {}  # zone ingresses: advertised address -> when it last polled
         self.global_store: Any = None  # the federation's store (role zone or global)
         self.mirror: Any = None  # GlobalMirror (role zone)
         self.zones: Any = None  # ZoneTracker (role global)
@@ -159,9 +162,13 @@ class ZoneControlPlane:
             return
         from meshcast.store.etcd import EtcdStore
 
+        user, password = self.config.global_etcd_user, self.config.global_etcd_password
+        if self.config.zone_token and user is None:
+            from zone_cp.join import join_global
+
+            user, password = await join_global(self.config)
         # Not `open`: the zone starts (from its saved global state) even when the global side does not answer.
-        store = EtcdStore(self.config.global_etcd, prefix=GLOBAL_PREFIX, username=self.config.global_etcd_user,
-                          password=self.config.global_etcd_password)
+        store = EtcdStore(self.config.global_etcd, prefix=GLOBAL_PREFIX, username=user, password=password)
         try:
             yield store
         finally:
@@ -170,7 +177,7 @@ class ZoneControlPlane:
     async def _federate(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             if self.config.role == "zone":
-                from zone_cp.federation import GlobalMirror, IntermediateExchange, ZonePublisher
+                from zone_cp.federation import GlobalMirror, IntermediateExchange, RemoteZones, ZonePublisher
 
                 self.mirror = GlobalMirror(self, self.global_store, self.config.state_dir)
                 await nursery.start(self.mirror.run)
@@ -178,6 +185,8 @@ class ZoneControlPlane:
                                                  ttl=self.config.zone_lease_ttl).run)
                 nursery.start_soon(IntermediateExchange(self, self.global_store, self.cas,
                                                         zone=self.config.zone).run)
+                nursery.start_soon(RemoteZones(self, self.global_store, self.config.state_dir,
+                                               zone=self.config.zone).run)
             elif self.config.role == "global":
                 from global_cp.zones import ZoneTracker
 
@@ -280,6 +289,43 @@ class ZoneControlPlane:
             self._health_changed.set()
             self._health_changed = trio.Event()
             self._notify()
+
+    # --- zone ingress -----------------------------------------------------------------------------------------
+
+    def live_ingresses(self) -> list[str]:
+        """Addresses of the ingresses that polled within INGRESS_TTL (what the zone publishes to other zones)."""
+        now = trio.current_time()
+        return sorted(address for address, seen in self.ingresses.items() if now - seen < INGRESS_TTL)
+
+    def ingress_polled(self, address: str) -> None:
+        fresh = address not in self.live_ingresses()
+        self.ingresses[address] = trio.current_time()
+        if fresh:
+            log.info("zone ingress %s is serving", address)
+            self.inventory.touch()
+            self._notify()
+
+    async def ingress_endpoints(self, claims: TokenClaims, address: str, after: int | None,
+                                wait: float = 20.0) -> dict[str, Any]:
+        """The local endpoints an ingress routes to; long-polls up to `wait` seconds for a generation other than
+        `after`. Raises Forbidden for an ingress token of another zone."""
+        if claims.zone != self.config.zone:
+            raise Forbidden(f"the ingress token is for zone {claims.zone!r}, this is zone {self.config.zone!r}")
+        try:
+            split_host_port(address, default_port=0)
+        except ValueError as exc:
+            raise ValidationError("ingress", [Violation("advertise", str(exc))]) from None
+        self.ingress_polled(address)
+        if after is not None and after == self.inventory.generation:
+            with trio.move_on_after(wait):
+                await self.wait_changed(after)
+        self.ingresses[address] = trio.current_time()
+        return {"generation": self.inventory.generation, "zone": self.config.zone,
+                "endpoints": self.inventory.local_endpoints()}
+
+    def changed(self) -> None:
+        """The inventory changed outside the store (federation): sidecars recompute their snapshots."""
+        self._notify()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -429,6 +475,55 @@ class ZoneControlPlane:
 
     def issue_token(self, mesh: str, services: list[str], valid_for: timedelta) -> str:
         return self.tokens.issue(mesh=mesh, services=services, valid_for=valid_for)
+
+    def issue_zone_token(self, kind: str, zone: str, valid_for: timedelta) -> str:
+        """An ingress token for this zone (zone CP), or a zone token for `zone` (global CP)."""
+        if kind == INGRESS and not self.config.zone:
+            raise Conflict("this control plane has no zone name (--zone): it cannot have a zone ingress")
+        return self.tokens.issue_zone(zone or self.config.zone, valid_for, kind)
+
+    async def join_zone(self, claims: TokenClaims) -> dict[str, Any]:
+        """A zone CP joins with its zone token: the etcd credentials of its own user in the global etcd, created
+        (or converged) here, allowed to write only its zone's prefix. None when the global etcd runs without auth."""
+        from meshcast.store.etcd_auth import ensure_zone_user, zone_user
+
+        try:
+            zone = await self.store.get("Zone", claims.zone)
+            if isinstance(zone.spec, ZoneSpec) and not zone.spec.enabled:
+                raise Forbidden(f"zone {claims.zone} is disabled")
+        except NotFound:
+            pass
+        if self.config.etcd_user is None or self.config.etcd_password is None:
+            log.info("zone %s joined (the global etcd has no authentication: no credentials)", claims.zone)
+            return {"zone": claims.zone, "etcdUser": None, "etcdPassword": None}
+        password = self._zone_password(claims.zone)
+        await ensure_zone_user(self.config.etcd_endpoints, self.config.etcd_user, self.config.etcd_password,
+                               claims.zone, password)
+        log.info("zone %s joined with etcd user %s", claims.zone, zone_user(claims.zone))
+        return {"zone": claims.zone, "etcdUser": zone_user(claims.zone), "etcdPassword": password}
+
+    def _zone_password(self, zone: str) -> str:
+        """A zone's etcd password: derived from a secret of the global CP, so joining again changes nothing."""
+        import base64
+        import hashlib
+        import hmac
+        import secrets
+
+        from meshcast.pki import _files
+
+        path = self.config.state_dir / "zone-credentials.key"
+        if not path.exists():
+            _files.ensure_dir(path.parent)
+            _files.write_private(path, secrets.token_bytes(32))
+        digest = hmac.new(path.read_bytes(), f"meshcast zone {zone}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def verify_zone_token(self, authorization: str | None, kind: str) -> TokenClaims:
+        from meshcast.errors import Unauthorized
+
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise Unauthorized(f"missing {kind} token: send 'Authorization: Bearer <token>'")
+        return self.tokens.verify(authorization[7:].strip(), kind=kind)
 
     def inspect_dataplanes(self, mesh: str | None = None) -> list[dict[str, Any]]:
         now = trio.current_time()

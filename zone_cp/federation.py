@@ -19,6 +19,7 @@ Theory of operation. Two long-lived tasks, both indifferent to outages of the gl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -30,17 +31,20 @@ import trio
 
 import meshcast
 from meshcast.errors import MeshcastError, NotFound, StoreUnavailable, ValidationError
-from meshcast.federation.keyspace import info_key, service_key, zone_prefix
+from meshcast.federation.keyspace import ZONES_PREFIX, ZoneState, info_key, parse_zones, service_key, zone_prefix
 from meshcast.resources import Resource, lookup_type, parse_resource
 from meshcast.resources.model import Scope, Sync
 from meshcast.store import EventKind, WatchCompacted
 from meshcast.store.etcd import EtcdStore
+from zone_cp.config import split_host_port
 from zone_cp.control_plane import ZoneControlPlane
+from zone_cp.inventory import RemoteService
 from zone_cp.zone_ca import ZoneCAs, csr_key, intermediate_key, parse_intermediate
 
 log = logging.getLogger("meshcast.zone_cp.federation")
 
 STATE_FILE = "global-state.json"
+REMOTE_FILE = "remote-zones.json"
 
 
 def synced(type_name: str) -> bool:
@@ -139,7 +143,7 @@ class GlobalMirror:
 
 class ZonePublisher:
     def __init__(self, cp: ZoneControlPlane, global_store: EtcdStore, *, zone: str, ttl: int = 10,
-                 debounce: float = 0.1, ingress_address: str | None = None) -> None:
+                 debounce: float = 0.1) -> None:
         if ttl < 2:
             raise ValueError("the zone lease TTL must be at least 2 seconds")
         self.cp = cp
@@ -147,16 +151,16 @@ class ZonePublisher:
         self.zone = zone
         self.ttl = ttl
         self.debounce = debounce
-        self.ingress_address = ingress_address
         self.lease: int | None = None
         self.published: dict[str, bytes] = {}
 
     def info(self) -> dict[str, Any]:
         config = self.cp.config
         host = config.api_addr.rsplit(":", 1)[0]
+        ingresses = self.cp.live_ingresses()
         return {"zone": self.zone, "version": meshcast.__version__,
                 "apiAddress": f"{host}:{self.cp.bound_port}", "dataplanePort": self.cp.dp_port,
-                "ingressAddress": self.ingress_address}
+                "ingressAddress": ingresses[0] if ingresses else None, "ingressAddresses": ingresses}
 
     def wanted(self) -> dict[str, bytes]:
         keys = {info_key(self.zone): json.dumps(self.info(), sort_keys=True).encode()}
@@ -262,3 +266,79 @@ class IntermediateExchange:
                 self._published[mesh] = csr
                 log.info("zone %s: asked the global control plane to sign its intermediate CA for mesh %s",
                          self.zone, mesh)
+
+
+class RemoteZones:
+    """Follows what the other zones offer (their ingress and healthy services under `zones/`) and hands it to the
+    inventory, which adds it to sidecars' endpoints. The last view is kept on disk (`remote-zones.json`), so a zone
+    CP restarted while the global etcd is unreachable still sends cross-zone endpoints."""
+
+    def __init__(self, cp: ZoneControlPlane, global_store: EtcdStore, state_dir: Path, *, zone: str,
+                 interval: float = 1.0) -> None:
+        self.cp = cp
+        self.store = global_store
+        self.zone = zone
+        self.interval = interval
+        self.path = state_dir / REMOTE_FILE
+
+    async def run(self) -> None:
+        saved = self.load()
+        if saved is not None and self.cp.inventory.set_remote(saved):
+            self.cp.changed()
+        while True:
+            try:
+                await self.store.connect()
+                remote = remote_offers(parse_zones(await self.store.get_keys(ZONES_PREFIX)), self.zone)
+                if self.cp.inventory.set_remote(remote):
+                    self.cp.changed()
+                    self.save(remote)
+            except StoreUnavailable as exc:
+                log.debug("other zones' view unavailable, keeping the last one: %s", exc)
+            await trio.sleep(self.interval)
+
+    def save(self, remote: dict[tuple[str, str], list[RemoteService]]) -> None:
+        body = [{"mesh": mesh, "service": service, **dataclasses.asdict(offer)}
+                for (mesh, service), offers in sorted(remote.items()) for offer in offers]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body, indent=1))
+        os.replace(tmp, self.path)
+
+    def load(self) -> dict[tuple[str, str], list[RemoteService]] | None:
+        try:
+            body = json.loads(self.path.read_text())
+            remote: dict[tuple[str, str], list[RemoteService]] = {}
+            for item in body:
+                offer = RemoteService(zone=str(item["zone"]), address=str(item["address"]), port=int(item["port"]),
+                                      healthy=int(item["healthy"]), protocol=str(item["protocol"]))
+                remote.setdefault((str(item["mesh"]), str(item["service"])), []).append(offer)
+            return remote
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring the saved view of other zones %s: %s", self.path, exc)
+            return None
+
+
+def remote_offers(zones: dict[str, ZoneState], own_zone: str) -> dict[tuple[str, str], list[RemoteService]]:
+    """What every other online zone with an ingress offers: services with healthy instances, by (mesh, service)."""
+    remote: dict[tuple[str, str], list[RemoteService]] = {}
+    for name in sorted(zones):
+        state = zones[name]
+        if name == own_zone or state.info is None:
+            continue
+        ingress = state.info.get("ingressAddress")
+        if not isinstance(ingress, str) or not ingress:
+            continue
+        try:
+            host, port = split_host_port(ingress, default_port=0)
+        except ValueError:
+            continue
+        if not port:
+            continue
+        for (mesh, service), summary in sorted(state.services.items()):
+            healthy = summary.get("healthy")
+            if isinstance(healthy, int) and healthy > 0:
+                remote.setdefault((mesh, service), []).append(
+                    RemoteService(zone=name, address=host, port=port, healthy=healthy,
+                                  protocol=str(summary.get("protocol", "tcp"))))
+    return remote

@@ -12,14 +12,27 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from dataplane.ingress.names import service_sni
 from meshcast.resources import Resource
 from meshcast.resources.duration import format_duration
-from meshcast.resources.types import DataplaneSpec, MeshSpec
+from meshcast.resources.types import DataplaneSpec, MeshLoadBalancingStrategySpec, MeshSpec
 from meshcast.store import EventKind, ResourceChanged
 
 DPKey = tuple[str, str]  # (mesh, name)
+
+
+@dataclass(frozen=True)
+class RemoteService:
+    """A service another zone offers: where its ingress is, how many healthy instances, what protocol."""
+
+    zone: str
+    address: str
+    port: int
+    healthy: int
+    protocol: str
 
 
 class Inventory:
@@ -33,25 +46,32 @@ class Inventory:
         self.changed_at: dict[int, float] = {0: time.monotonic()}
         self._index: dict[str, dict[str, list[dict[str, Any]]]] | None = None
         self._protocols: dict[tuple[str, str], str] | None = None
+        # Federation: load-balancing policies, and what the other zones offer through their ingresses.
+        self.lb_policies: dict[DPKey, MeshLoadBalancingStrategySpec] = {}
+        self.remote: dict[tuple[str, str], list[RemoteService]] = {}
+        self._upstreams: dict[tuple[str, str], tuple[list[dict[str, Any]], float]] = {}
 
     # --- feeding ---------------------------------------------------------------------------------------------
 
     def reset(self, resources: Iterable[Resource]) -> None:
         self.meshes.clear()
         self.dataplanes.clear()
+        self.lb_policies.clear()
         for resource in resources:
             self._put(resource)
         self._bump()
 
     def apply(self, event: ResourceChanged) -> bool:
         """Apply one store change; True when it can change some sidecar's snapshot."""
-        if event.type not in ("Mesh", "Dataplane"):
+        if event.type not in ("Mesh", "Dataplane", "MeshLoadBalancingStrategy"):
             return False
         if event.kind is EventKind.DELETED:
             if event.type == "Mesh":
                 self.meshes.pop(event.name, None)
-            else:
+            elif event.type == "Dataplane":
                 self.dataplanes.pop((event.mesh, event.name), None)
+            else:
+                self.lb_policies.pop((event.mesh, event.name), None)
         elif event.resource is not None:
             self._put(event.resource)
         self._bump()
@@ -72,6 +92,28 @@ class Inventory:
             self.meshes[resource.name] = resource.spec
         elif resource.type == "Dataplane":
             self.dataplanes[(resource.mesh, resource.name)] = resource
+        elif resource.type == "MeshLoadBalancingStrategy":
+            assert isinstance(resource.spec, MeshLoadBalancingStrategySpec)
+            self.lb_policies[(resource.mesh, resource.name)] = resource.spec
+
+    def touch(self) -> None:
+        """Something outside the store changed what sidecars or the zone's publication should see."""
+        self._bump()
+
+    def local_endpoints(self) -> dict[str, dict[str, list[tuple[str, int]]]]:
+        """Every healthy local endpoint by mesh and service (what the zone ingress routes to)."""
+        if self._index is None:
+            self._index = self._build_index()
+        return {mesh: {service: [(e["address"], e["port"]) for e in entries] for service, entries in services.items()}
+                for mesh, services in self._index.items()}
+
+    def set_remote(self, remote: dict[tuple[str, str], list[RemoteService]]) -> bool:
+        """What other zones offer (from the global keyspace); True (and a new generation) when it changed."""
+        if remote == self.remote:
+            return False
+        self.remote = remote
+        self._bump()
+        return True
 
     def _bump(self) -> None:
         self.generation += 1
@@ -82,6 +124,7 @@ class Inventory:
                 del self.changed_at[old]
         self._index = None
         self._protocols = None
+        self._upstreams = {}
 
     def change_time(self, generation: int) -> float:
         return self.changed_at.get(generation) or min(self.changed_at.values())
@@ -103,8 +146,60 @@ class Inventory:
                 assert isinstance(spec, DataplaneSpec)
                 for inbound in spec.inbound:
                     found[(dp_mesh, inbound.service)].add(inbound.protocol)
+            for key, offers in self.remote.items():  # a service only other zones have
+                if key not in found:
+                    found[key] = {offer.protocol for offer in offers}
             self._protocols = {key: next(iter(p)) if len(p) == 1 else "tcp" for key, p in found.items()}
         return self._protocols.get((mesh, service), "tcp")
+
+    def lb_policy(self, mesh: str, service: str) -> MeshLoadBalancingStrategySpec | None:
+        """The MeshLoadBalancingStrategy for calls to `service`: one naming it beats one for '*'; among equals,
+        the first by name."""
+        best: tuple[int, str, MeshLoadBalancingStrategySpec] | None = None
+        for (policy_mesh, name), spec in self.lb_policies.items():
+            if policy_mesh != mesh or spec.to not in (service, "*"):
+                continue
+            rank = (0 if spec.to == service else 1, name)
+            if best is None or rank < best[:2]:
+                best = (*rank, spec)
+        return best[2] if best is not None else None
+
+    def upstream(self, mesh: str, service: str) -> tuple[list[dict[str, Any]], float]:
+        """The endpoints a sidecar gets for `service` and its failover threshold (0..1): this zone's instances
+        (priority 0) and, per other zone offering it, that zone's ingress, with the SNI naming the service and a
+        priority from the failover order; all priority 0 when locality awareness is off."""
+        cached = self._upstreams.get((mesh, service))
+        if cached is not None:
+            return cached
+        local = self.endpoints(mesh, service)
+        offers = self.remote.get((mesh, service), [])
+        policy = self.lb_policy(mesh, service)
+        threshold = 0.0
+        if not offers:
+            result = (local, threshold)
+        else:
+            locality = policy.locality_awareness if policy is not None else None
+            order = locality.cross_zone.failover if locality is not None else None
+            if locality is not None:
+                threshold = locality.cross_zone.failover_threshold / 100
+            entries = list(local)
+            for offer in offers:
+                if locality is not None and locality.disabled:
+                    priority = 0
+                elif order is None:
+                    priority = 1
+                elif offer.zone in order:
+                    priority = order.index(offer.zone) + 1
+                else:
+                    continue  # a failover list names the only zones to use
+                entries.append({
+                    "address": offer.address, "port": offer.port, "protocol": offer.protocol,
+                    "tags": {"service": service, "zone": offer.zone}, "dataplane": f"ingress.{offer.zone}",
+                    "priority": priority, "sni": service_sni(mesh, service),
+                })
+            result = (entries, threshold)
+        self._upstreams[(mesh, service)] = result
+        return result
 
     def services(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Every (mesh, service) with instances in this zone: its healthy endpoint count and protocol (what the
@@ -151,15 +246,17 @@ class Inventory:
         assert isinstance(spec, DataplaneSpec)
         outbound = []
         for out in spec.outbound:
-            outbound.append(
-                {
-                    "service": out.service,
-                    "address": out.address,
-                    "port": out.port,
-                    "protocol": self.protocol(mesh, out.service),
-                    "endpoints": self.endpoints(mesh, out.service),
-                }
-            )
+            endpoints, threshold = self.upstream(mesh, out.service)
+            entry = {
+                "service": out.service,
+                "address": out.address,
+                "port": out.port,
+                "protocol": self.protocol(mesh, out.service),
+                "endpoints": endpoints,
+            }
+            if threshold:
+                entry["failoverThreshold"] = threshold
+            outbound.append(entry)
         snapshot: dict[str, Any] = {
             "mesh": mesh,
             "dataplane": name,
@@ -177,7 +274,12 @@ class Inventory:
             # Proxy mode reaches any service of the mesh by name, so the sidecar gets all of them.
             snapshot["httpProxy"] = spec.http_proxy.model_dump(mode="json", by_alias=True)
             services = sorted({i.service for dp in self.dataplanes.values() if dp.mesh == mesh
-                               for i in dp.spec.inbound})  # type: ignore[attr-defined]
-            snapshot["services"] = {svc: {"protocol": self.protocol(mesh, svc), "endpoints": self.endpoints(mesh, svc)}
-                                    for svc in services}
+                               for i in dp.spec.inbound}  # type: ignore[attr-defined]
+                              | {svc for (remote_mesh, svc) in self.remote if remote_mesh == mesh})
+            snapshot["services"] = {}
+            for svc in services:
+                endpoints, threshold = self.upstream(mesh, svc)
+                snapshot["services"][svc] = {"protocol": self.protocol(mesh, svc), "endpoints": endpoints}
+                if threshold:
+                    snapshot["services"][svc]["failoverThreshold"] = threshold
         return snapshot

@@ -273,6 +273,23 @@ def dataplane_token(ctx: Context, mesh: str, services: tuple[str, ...], valid_fo
     click.echo(ctx.request("POST", "/v1/tokens/dataplane", json=body)["token"])
 
 
+@generate.command("ingress-token")
+@click.option("--valid-for", default="720h", show_default=True, help="Lifetime, e.g. 24h, 720h.")
+@pass_ctx
+def ingress_token(ctx: Context, valid_for: str) -> None:
+    """Print a token for this zone's ingress (ask the zone CP). Loopback callers only unless the CP allows remote."""
+    click.echo(ctx.request("POST", "/v1/tokens/ingress", json={"validFor": valid_for})["token"])
+
+
+@generate.command("zone-token")
+@click.option("--zone", required=True, help="The zone the token is for.")
+@click.option("--valid-for", default="720h", show_default=True, help="Lifetime, e.g. 24h, 720h.")
+@pass_ctx
+def zone_token(ctx: Context, zone: str, valid_for: str) -> None:
+    """Print a token a zone CP joins the global CP with (ask the global CP)."""
+    click.echo(ctx.request("POST", "/v1/tokens/zone", json={"zone": zone, "validFor": valid_for})["token"])
+
+
 @cli.command()
 @pass_ctx
 def version(ctx: Context) -> None:
@@ -323,6 +340,9 @@ def zone_cp() -> None:
               help="This zone's etcd user in the global etcd (or MESHCAST_GLOBAL_ETCD_USER).")
 @click.option("--global-etcd-password", envvar="MESHCAST_GLOBAL_ETCD_PASSWORD", default=None,
               help="Its password (prefer MESHCAST_GLOBAL_ETCD_PASSWORD).")
+@click.option("--global-cp", default="", help="URL of the global control plane's API (to join with a zone token).")
+@click.option("--zone-token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Zone token from the global CP (meshcast generate zone-token): exchanged for etcd credentials.")
 @click.option("--zone-lease-ttl", type=click.IntRange(2, 300), default=10, show_default=True,
               help="Seconds after which a dead zone CP's inventory vanishes from the global keyspace.")
 @click.option("--heartbeat-timeout", type=float, default=10.0, show_default=True,
@@ -367,6 +387,31 @@ def global_cp_run(**options: Any) -> None:
 
     _logging(options.pop("log_level"))
     run_global_cp(**options)
+
+
+@cli.group("ingress")
+def ingress_group() -> None:
+    """The zone ingress: receives other zones' traffic and routes it by SNI, without terminating TLS."""
+
+
+@ingress_group.command("run")
+@click.option("--cp", "cp_url", envvar="MESHCAST_CP", default=DEFAULT_CP, show_default=True,
+              help="URL of the zone control plane's API.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="File holding the ingress token (meshcast generate ingress-token).")
+@click.option("--addr", default="127.0.0.1:10001", show_default=True, help="Address to listen on.")
+@click.option("--advertise-addr", default=None,
+              help="host:port other zones connect to [default: --addr]; required when listening on 0.0.0.0.")
+@click.option("--admin-addr", default="127.0.0.1:9902", show_default=True, help="Address of /ready, /metrics, /config.")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/meshcast/ingress"),
+              show_default=True, help="Where the last routing table is kept.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+def ingress_run(cp_url: str, log_level: str, **options: Any) -> None:
+    """Run a zone ingress until SIGTERM or SIGINT."""
+    from meshcast.cli.run_ingress import run_ingress
+
+    _logging(log_level)
+    run_ingress(cp=cp_url, **options)
 
 
 @cli.group("dataplane")

@@ -55,7 +55,7 @@ def run_zone_cp(
     api_addr: str, dp_addr: str, state_dir: Path, zone: str, heartbeat_timeout: float, heartbeat_interval: float,
     no_default_mesh: bool, allow_remote_admin: bool, tls_cert: Path | None, tls_key: Path | None,
     global_etcd: str = "", global_etcd_user: str | None = None, global_etcd_password: str | None = None,
-    zone_lease_ttl: int = 10, role: str | None = None,
+    zone_lease_ttl: int = 10, role: str | None = None, global_cp: str = "", zone_token_file: Path | None = None,
 ) -> None:
     from meshcast.federation.keyspace import GLOBAL_PREFIX
     from meshcast.pki.spiffe import check_label
@@ -72,6 +72,8 @@ def run_zone_cp(
             raise click.BadParameter(violations[0].message, param_hint="--zone")
         if not [u for u in global_etcd.split(",") if u.strip()]:
             raise click.BadParameter("at least one URL is needed", param_hint="--global-etcd")
+        if zone_token_file is not None and not global_cp:
+            raise click.UsageError("--zone-token-file needs --global-cp: the global control plane's API URL")
         if store_kind == "etcd" and etcd_prefix.startswith(GLOBAL_PREFIX):
             raise click.BadParameter("a zone's own store must not be the global keyspace",
                                      param_hint="--etcd-prefix")
@@ -89,7 +91,10 @@ def run_zone_cp(
         heartbeat_interval=heartbeat_interval, create_default_mesh=not no_default_mesh,
         allow_remote_admin=allow_remote_admin, tls_cert=tls_cert, tls_key=tls_key, role=role,
         global_etcd=global_etcd, global_etcd_user=global_etcd_user, global_etcd_password=global_etcd_password,
-        zone_lease_ttl=zone_lease_ttl,
+        zone_lease_ttl=zone_lease_ttl, global_cp=global_cp,
+        zone_token=zone_token_file.read_text().strip() if zone_token_file else None,
+        etcd_endpoints=etcd_endpoints if role == "global" else "", etcd_user=etcd_user if role == "global" else None,
+        etcd_password=etcd_password if role == "global" else None,
     )
 
     async def main() -> None:
@@ -114,3 +119,20 @@ def run_zone_cp(
         trio.run(main)
     except MeshcastError as exc:
         raise click.ClickException(str(exc)) from None
+    except BaseExceptionGroup as group:  # raised inside a task: report it as one line all the same
+        found = first_error(group, MeshcastError)
+        if found is None:
+            raise
+        raise click.ClickException(str(found)) from None
+
+
+def first_error(group: BaseExceptionGroup[BaseException], kind: type[BaseException]) -> BaseException | None:
+    """The first `kind` among the leaves of an exception group."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = first_error(exc, kind)
+            if inner is not None:
+                return inner
+        elif isinstance(exc, kind):
+            return exc
+    return None

@@ -196,3 +196,50 @@ ZONE = register(
         summary="a region with its own zone control plane",
     )
 )
+
+
+# --- MeshLoadBalancingStrategy --------------------------------------------------------------------------------
+
+
+def _service_ref(value: str) -> str:
+    if value != "*" and not DNS_LABEL.fullmatch(value):
+        raise ValueError(f"{value!r} is neither a service name (1-63 lowercase letters, digits or '-') nor '*'")
+    return value
+
+
+ServiceRef = Annotated[str, AfterValidator(_service_ref)]
+
+
+class CrossZone(Spec):
+    """Where calls go when the local zone cannot take them."""
+
+    failover: list[Name] | None = None  # other zones in the order to try; absent: every other zone, equally
+    failover_threshold: Annotated[int, Field(ge=0, le=100)] = 0  # % of local endpoints usable below which to spill
+
+
+class LocalityAwareness(Spec):
+    disabled: bool = False  # true: every zone's endpoints are equal (calls spread across zones)
+    cross_zone: CrossZone = Field(default_factory=CrossZone)
+
+
+class MeshLoadBalancingStrategySpec(Spec):
+    to: ServiceRef  # the upstream service this applies to, or "*" for every service of the mesh
+    locality_awareness: LocalityAwareness = Field(default_factory=LocalityAwareness)
+
+
+def _check_failover(resource: Resource) -> Iterable[Violation]:
+    spec = resource.spec
+    assert isinstance(spec, MeshLoadBalancingStrategySpec)
+    zones = spec.locality_awareness.cross_zone.failover or []
+    for index, zone in enumerate(zones):
+        if zone in zones[:index]:
+            yield Violation(f"spec.localityAwareness.crossZone.failover[{index}]", f"zone {zone!r} is listed twice")
+
+
+MESH_LOAD_BALANCING_STRATEGY = register(
+    ResourceType(
+        name="MeshLoadBalancingStrategy", plural="meshloadbalancingstrategies", spec=MeshLoadBalancingStrategySpec,
+        scope=Scope.MESH, sync=Sync.GLOBAL_TO_ZONES, aliases=("mlbs",), check=_check_failover,
+        summary="how sidecars spread calls to a service over zones: locality first, failover order, threshold",
+    )
+)

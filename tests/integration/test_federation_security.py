@@ -1,0 +1,107 @@
+"""Zone tokens and per-zone etcd users, on a real etcd with authentication on.
+
+A zone CP joins the global CP with a zone token and gets the credentials of its own etcd user, which etcd itself
+allows to write only the zone's prefix. Forged, expired and mismatched tokens stop the zone CP with a one-line
+reason.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+import pyetcd
+import pytest
+from pyetcd import exceptions as etcd_errors
+
+from meshcast.pki import TokenIssuer
+from tests.integration.test_federation import mesh_names, wait_for, zone_status
+from tests.support.etcd import EtcdAuth
+from tests.support.zone import ZoneCPProcess
+
+
+@pytest.fixture
+def global_cp(etcd_auth: EtcdAuth, tmp_path: Path) -> Iterator[ZoneCPProcess]:
+    cp = ZoneCPProcess(tmp_path / "global", "--etcd-endpoints", etcd_auth.client_url, "--etcd-user", "root",
+                       "--etcd-password", etcd_auth.root_password, component="global-cp")
+    try:
+        cp.start()
+        yield cp
+    finally:
+        cp.stop()
+
+
+def zone_cp(tmp_path: Path, name: str, global_cp: ZoneCPProcess, etcd: EtcdAuth, token: str) -> ZoneCPProcess:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    token_file = tmp_path / f"{name}-token"
+    token_file.write_text(token)
+    return ZoneCPProcess(tmp_path / name, "--zone", name, "--global-etcd", etcd.client_url, "--global-cp",
+                         global_cp.url, "--zone-token-file", str(token_file), "--zone-lease-ttl", "2")
+
+
+def zone_token(global_cp: ZoneCPProcess, zone: str, valid_for: str = "1h") -> str:
+    result = global_cp.cli("generate", "zone-token", "--zone", zone, "--valid-for", valid_for)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def client_as(etcd: EtcdAuth, user: str, password: str) -> Any:
+    endpoint = pyetcd.Endpoint("127.0.0.1", etcd.node.client_port, secure=False, time_retry=0)
+    client = pyetcd.MultiEndpointEtcd3Client([endpoint], timeout=5, user=user, password=password)
+    client.call_credentials = None  # as EtcdStore does: the token travels as metadata on a plaintext channel
+    return client
+
+
+def test_a_zone_joins_with_its_token_and_writes_only_its_own_prefix(
+        global_cp: ZoneCPProcess, etcd_auth: EtcdAuth, tmp_path: Path) -> None:
+    eu = zone_cp(tmp_path, "eu", global_cp, etcd_auth, zone_token(global_cp, "eu"))
+    try:
+        eu.start()
+        wait_for(lambda: "default" in mesh_names(eu), "the global mesh in zone eu")
+        wait_for(lambda: zone_status(global_cp) == {"eu": "online"}, "eu online")
+        credentials = json.loads((tmp_path / "eu" / "global-credentials.json").read_text())
+        assert credentials["etcdUser"] == "meshcast-zone-eu"
+        assert (tmp_path / "eu" / "global-credentials.json").stat().st_mode & 0o077 == 0
+        client = client_as(etcd_auth, credentials["etcdUser"], credentials["etcdPassword"])
+        try:
+            client.put("/meshcast/v1/zones/eu/probe", b"ok")  # its own prefix
+            assert client.get("/meshcast/v1/global/resources/Mesh/default")[0] is not None  # reads global
+            for key in ("/meshcast/v1/zones/us/info", "/meshcast/v1/global/resources/Mesh/evil", "/other"):
+                with pytest.raises((etcd_errors.Etcd3Exception, grpc.RpcError)) as denied:
+                    client.put(key, b"{}")
+                assert "permission denied" in f"{denied.value!r} {denied.value.__context__!r}", key
+        finally:
+            client.close()
+        # Restarted while the global CP is down: it starts from its saved credentials and global state.
+        global_cp.stop()
+        eu.stop()
+        eu.start()
+        assert "default" in mesh_names(eu)
+    finally:
+        eu.stop()
+
+
+def test_forged_expired_and_mismatched_zone_tokens_are_refused(
+        global_cp: ZoneCPProcess, etcd_auth: EtcdAuth, tmp_path: Path) -> None:
+    forged = TokenIssuer.generate().issue_zone("eu", timedelta(hours=1))
+    expired = zone_token(global_cp, "eu", valid_for="1s")
+    time.sleep(1.5)
+    cases = {
+        "forged": (forged, "eu", "token rejected: signed by unknown key"),
+        "expired": (expired, "eu", "token expired at"),
+        "garbage": ("not-a-token", "eu", "malformed"),
+        "mismatch": (zone_token(global_cp, "us"), "eu", "the zone token is for zone 'us', not 'eu'"),
+    }
+    for case, (token, zone, reason) in cases.items():
+        cp = zone_cp(tmp_path / case, zone, global_cp, etcd_auth, token)
+        with pytest.raises(RuntimeError) as failed:
+            cp.start()
+        assert reason in str(failed.value), (case, str(failed.value))
+        assert "Traceback" not in str(failed.value), case
+        cp.stop()
+        assert not (tmp_path / case / zone / "global-credentials.json").exists(), case
