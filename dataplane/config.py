@@ -6,9 +6,10 @@ the previous configuration), so the proxy only ever sees a `ProxyConfig` that pa
 The models are frozen dataclasses read by a small validator of this module rather than pydantic, which with the
 resource model cost the long-lived sidecar ~10 MB (docs/benchmarks.md). As with pydantic, each field is declared
 once: its type (str, int, float, bool, a Literal, a model, a list or a dict of them, or optional), its default, its
-name on the wire (`alias`, camelCase; the Python name is accepted too) and its bounds. Values must have their JSON
-type (an integral number is an int, an int is a float); unknown fields are ignored, since a newer control plane may
-add some. The first broken field, in declaration order, is reported with its path and pydantic's wording:
+name on the wire (`alias`, camelCase; the Python name is accepted too) and its bounds (`gt`, `ge`, `le` for
+numbers, a compiled `pattern` for strings). Values must have their JSON type (an integral number is an int, an int
+is a float); unknown fields are ignored, since a newer control plane may add some. The first broken field, in
+declaration order, is reported with its path and pydantic's wording:
 ``outbound[0].port: Input should be less than or equal to 65535``. `model_validate` and `model_dump` keep the
 names of the pydantic API the proxy used.
 """
@@ -16,6 +17,7 @@ names of the pydantic API the proxy used.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -27,6 +29,12 @@ from meshcast.errors import format_loc
 Protocol = Literal["http", "http2", "grpc", "tcp"]
 
 _PORT = {"ge": 1, "le": 65535}
+_SHARE = {"ge": 0, "le": 1}
+
+# A DNS name as TLS's server_name carries it (RFC 6066 §3): labels of 1-63 letters, digits and '-', no trailing dot,
+# at most 253 characters, and not an IP address (which SNI may not carry); or "" for no SNI.
+_SNI = re.compile(r"(?=.{1,253}$)(?![0-9.]+$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+                  r"(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*|")
 
 
 class InvalidConfig(Exception):
@@ -56,6 +64,10 @@ class EndpointConfig(_Model):
     protocol: Protocol = "tcp"
     tags: dict[str, str] = field(default_factory=dict)
     dataplane: str = ""
+    # Locality (both optional): 0 is the sidecar's own zone, 1, 2, ... the failover order of other zones. An
+    # endpoint with an `sni` is a zone ingress: the TLS server name routes the connection to the service there.
+    priority: int = field(default=0, metadata={"ge": 0})
+    sni: str = field(default="", metadata={"pattern": _SNI})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +77,8 @@ class OutboundConfig(_Model):
     port: int = field(metadata=_PORT)
     protocol: Protocol = "tcp"
     endpoints: list[EndpointConfig] = field(default_factory=list)
+    # The usable share of a priority group below which the next group's endpoints are added (see dataplane.balance).
+    failover_threshold: float = field(default=0.0, metadata={"alias": "failoverThreshold", **_SHARE})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +105,7 @@ class HttpProxyConfig(_Model):
 class ServiceConfig(_Model):
     protocol: Protocol = "tcp"
     endpoints: list[EndpointConfig] = field(default_factory=list)
+    failover_threshold: float = field(default=0.0, metadata={"alias": "failoverThreshold", **_SHARE})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,10 +128,12 @@ class ProxyConfig(_Model):
     services: dict[str, ServiceConfig] = field(default_factory=dict)
 
     def upstream(self, service: str) -> ServiceConfig | None:
-        """Endpoints and protocol of `service`, from its outbound or, in proxy mode, the mesh's service list."""
+        """Endpoints, protocol and failover threshold of `service`, from its outbound or, in proxy mode, the mesh's
+        service list."""
         outbound = self.outbound_for(service)
         if outbound is not None:
-            return ServiceConfig(protocol=outbound.protocol, endpoints=outbound.endpoints)
+            return ServiceConfig(protocol=outbound.protocol, endpoints=outbound.endpoints,
+                                 failover_threshold=outbound.failover_threshold)
         return self.services.get(service)
 
     def outbound_for(self, service: str) -> OutboundConfig | None:
@@ -205,6 +222,9 @@ def _check(kind: Any, value: Any, loc: Loc, bounds: Mapping[str, Any]) -> Any:
     if kind is str:
         if not isinstance(value, str):
             raise _invalid(loc, "Input should be a valid string")
+        pattern = bounds.get("pattern")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise _invalid(loc, f"String should match pattern {pattern.pattern!r}")
         return value
     if kind is bool:
         if not isinstance(value, bool):

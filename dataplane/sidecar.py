@@ -7,6 +7,11 @@ SPIFFE ID. A failed connect is retried on another endpoint. The hop protocol is 
 for HTTP/1.1 (pooled connections, a request per exchange), `h2` for HTTP/2 and gRPC (multiplexed connections, a
 stream per request), `meshcast-tcp` for opaque TCP (a connection per connection).
 
+Endpoints carry a locality: the balancer prefers those of this zone and fails over to other zones (see
+`dataplane.balance.priority`). An endpoint in another zone is that zone's ingress: every dial to it (pooled
+HTTP/1.1, HTTP/2, TCP) sends the endpoint's SNI, and connections are pooled per `Endpoint.key`, which includes the
+SNI, so services sharing an ingress address never share a connection.
+
 What the app speaks is detected, not configured: on a listener of an HTTP-family service (http, http2, grpc) a
 connection that opens with the HTTP/2 preface is HTTP/2 with prior knowledge and is proxied per request; otherwise
 it is HTTP/1.1 for an `http` service, and opaque TCP for `http2`/`grpc` ones (an HTTP/1.1 client of an h2c app).
@@ -25,7 +30,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from dataplane.agent import ControlPlaneAgent
-from dataplane.balance import Endpoint, make_balancer
+from dataplane.balance import Endpoint, EndpointKey, make_balancer
 from dataplane.balance.base import BalancerBase
 from dataplane.balance.outlier import OutlierDetector
 from dataplane.codec.events import RequestReceived
@@ -96,14 +101,16 @@ class Sidecar:
     def _on_config(self, config: ProxyConfig) -> None:
         self.config = config
         now = time.monotonic()
-        upstreams = {o.service: o.endpoints for o in config.outbound}
-        upstreams.update({name: svc.endpoints for name, svc in config.services.items() if name not in upstreams})
-        for service, endpoints in upstreams.items():
+        upstreams = {o.service: (o.endpoints, o.failover_threshold) for o in config.outbound}
+        upstreams.update({name: (svc.endpoints, svc.failover_threshold) for name, svc in config.services.items()
+                          if name not in upstreams})
+        for service, (endpoints, failover_threshold) in upstreams.items():
             balancer = self.balancers.get(service)
             if balancer is None:
                 balancer = self.balancers[service] = make_balancer(outlier=OutlierDetector())
             # New requests see the new endpoints at once; requests in flight keep their connections.
-            balancer.update((Endpoint.from_snapshot(e.model_dump()) for e in endpoints), now=now)
+            balancer.update((Endpoint.from_snapshot(e.model_dump()) for e in endpoints), now=now,
+                            failover_threshold=failover_threshold)
         for service in set(self.balancers) - set(upstreams):
             del self.balancers[service]
         self.connector.mtls = config.mtls.enabled
@@ -331,12 +338,12 @@ class Sidecar:
         if endpoint is None or balancer is None:
             return UpstreamError("no_healthy_upstream", f"service {service} has no endpoint")
 
-        async def dial() -> tuple[tuple[str, int], trio.abc.HalfCloseableStream]:
+        async def dial() -> tuple[EndpointKey, trio.abc.HalfCloseableStream]:
             return await self._dial_endpoints(service, "http/1.1", first=endpoint)
 
         balancer.started(endpoint)  # least-request counts requests in flight
-        return Upstream(self.mesh_pool, (endpoint.address, endpoint.port), dial,
-                        done=lambda: balancer.finished(endpoint))
+        # Pooled by endpoint key: two services behind one ingress address are two destinations (their SNIs).
+        return Upstream(self.mesh_pool, endpoint.key, dial, done=lambda: balancer.finished(endpoint))
 
     def _h2_route(self, service: str) -> H2Target | UpstreamError:
         """A per-request decision: the balancer picks an endpoint for each HTTP/2 stream."""
@@ -345,12 +352,11 @@ class Sidecar:
         if endpoint is None or balancer is None or self.mesh_h2 is None:
             return UpstreamError("no_healthy_upstream", f"service {service} has no endpoint")
 
-        async def dial() -> tuple[tuple[str, int], trio.abc.HalfCloseableStream]:
+        async def dial() -> tuple[EndpointKey, trio.abc.HalfCloseableStream]:
             return await self._dial_endpoints(service, "h2", first=endpoint)
 
         balancer.started(endpoint)
-        return H2Target(self.mesh_h2, (endpoint.address, endpoint.port), dial,
-                        done=lambda: balancer.finished(endpoint))
+        return H2Target(self.mesh_h2, endpoint.key, dial, done=lambda: balancer.finished(endpoint))
 
     def pick(self, service: str, exclude: set[str]) -> Endpoint | None:
         balancer = self.balancers.get(service)
@@ -362,9 +368,10 @@ class Sidecar:
         return stream
 
     async def _dial_endpoints(self, service: str, alpn: str, first: Endpoint | None = None,
-                              ) -> tuple[tuple[str, int], trio.abc.HalfCloseableStream]:
+                              ) -> tuple[EndpointKey, trio.abc.HalfCloseableStream]:
         """Connect to `first` or a balancer's pick; a failed connect is reported (passive health) and retried on
-        another endpoint, up to CONNECT_ATTEMPTS endpoints."""
+        another endpoint, up to CONNECT_ATTEMPTS endpoints. Returns the key of the endpoint reached (the pool key)
+        and the connection."""
         tried: set[str] = set()
         last: UpstreamError | None = None
         balancer = self.balancers.get(service)
@@ -374,7 +381,8 @@ class Sidecar:
                 break
             tried.add(endpoint.key)
             try:
-                stream = await self.connector.connect(endpoint.address, endpoint.port, service=service, alpn=alpn)
+                stream = await self.connector.connect(endpoint.address, endpoint.port, service=service, alpn=alpn,
+                                                      sni=endpoint.sni)
             except UpstreamError as exc:
                 self.metrics.upstream_errors.labels(service=service, reason=exc.reason).inc()
                 if balancer.connect_failed(endpoint, now=time.monotonic()):
@@ -384,7 +392,7 @@ class Sidecar:
                 continue
             balancer.connect_succeeded(endpoint, now=time.monotonic())
             self.metrics.upstream_connects.labels(service=service).inc()
-            return (endpoint.address, endpoint.port), stream
+            return endpoint.key, stream
         if last is None:
             raise UpstreamError("no_healthy_upstream", f"service {service} has no endpoint")
         raise last

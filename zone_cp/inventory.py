@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dataplane.ingress.names import service_sni
 from meshcast.resources import Resource
 from meshcast.resources.duration import format_duration
 from meshcast.resources.types import DataplaneSpec, MeshLoadBalancingStrategySpec, MeshSpec
 from meshcast.store import EventKind, ResourceChanged
+from meshcast.wire.sni import service_sni
 
 DPKey = tuple[str, str]  # (mesh, name)
 

@@ -12,9 +12,10 @@ this package is the last tier. One `Balancer` per backend is fed the backend's e
 Policies (`make_balancer(name)`): "least_request" (power of two choices over outstanding requests, the default),
 "round_robin", "random" and "ring_hash" (consistent hashing on a caller-supplied key, least request without one).
 Every policy shares the passive health check in `outlier` (consecutive connect failures eject an endpoint for a
-growing time) and the candidate rules in `base` (exclusion is absolute; ejections are ignored in panic, when too
-few endpoints remain in service). Nothing here reads a clock, opens a socket or imports trio: time is an argument,
-randomness an injected `random.Random`.
+growing time), the candidate rules in `base` (exclusion is absolute; ejections are ignored in panic, when too
+few endpoints remain in service) and locality in `priority` (endpoints of the own zone first, other zones when too
+few of those are usable, back as soon as they are). Nothing here reads a clock, opens a socket or imports trio:
+time is an argument, randomness an injected `random.Random`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataplane.balance.base import Balancer, BalancerBase, BalancerStatistics
 from dataplane.balance.endpoint import Endpoint, EndpointKey
 from dataplane.balance.outlier import OutlierDetector
 from dataplane.balance.policies import LeastRequest, Random, RoundRobin
+from dataplane.balance.priority import PriorityGroups
 from dataplane.balance.ringhash import RingHash
 
 DEFAULT_POLICY = "least_request"
@@ -39,17 +41,22 @@ def make_balancer(
     panic_threshold: float = 0.5,
     choices: int = 2,
     vnodes: int = 100,
+    failover_threshold: float = 0.0,
 ) -> BalancerBase:
     """A new, empty balancer of the named policy. `choices` applies to least_request and to ring_hash without a key,
     `vnodes` to ring_hash; policies ignore options they do not use. Raises ValueError for an unknown name."""
     if name == "round_robin":
-        return RoundRobin(rng=rng, outlier=outlier, panic_threshold=panic_threshold)
+        return RoundRobin(rng=rng, outlier=outlier, panic_threshold=panic_threshold,
+                          failover_threshold=failover_threshold)
     if name == "least_request":
-        return LeastRequest(rng=rng, outlier=outlier, panic_threshold=panic_threshold, choices=choices)
+        return LeastRequest(rng=rng, outlier=outlier, panic_threshold=panic_threshold, choices=choices,
+                            failover_threshold=failover_threshold)
     if name == "random":
-        return Random(rng=rng, outlier=outlier, panic_threshold=panic_threshold)
+        return Random(rng=rng, outlier=outlier, panic_threshold=panic_threshold,
+                      failover_threshold=failover_threshold)
     if name == "ring_hash":
-        return RingHash(rng=rng, outlier=outlier, panic_threshold=panic_threshold, choices=choices, vnodes=vnodes)
+        return RingHash(rng=rng, outlier=outlier, panic_threshold=panic_threshold, choices=choices, vnodes=vnodes,
+                        failover_threshold=failover_threshold)
     raise ValueError(f"unknown load balancer {name!r}; expected one of {', '.join(sorted(POLICIES))}")
 
 
@@ -63,6 +70,7 @@ __all__ = [
     "EndpointKey",
     "LeastRequest",
     "OutlierDetector",
+    "PriorityGroups",
     "Random",
     "RingHash",
     "RoundRobin",

@@ -18,6 +18,12 @@ and re-added endpoint comes back with its true load), and `finished()` of an end
    doubtful endpoint is better than failing the request outright.
 4. Only when nothing is left after `exclude` (or there are no endpoints) does `pick()` return None.
 
+Endpoints of more than one priority (locality: the own zone first, then other zones) go through `priority` instead,
+which applies the same rules group by group, lowest priority first, and spills over to the next group when the
+usable share of a group falls below `failover_threshold` (default 0: only when nothing of it is usable). When every
+endpoint has the same priority (priority 0 alone, today's snapshots) none of that runs: the rules above, with
+their fast paths, are all there is.
+
 All of it is pure and single-threaded: no clock is read (`now` is passed in; `None` means the latest `now` this
 balancer has been given, which never goes backwards), randomness comes from the injected `random.Random`.
 """
@@ -32,6 +38,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from dataplane.balance.endpoint import Endpoint, EndpointKey
 from dataplane.balance.outlier import OutlierDetector
+from dataplane.balance.priority import PriorityGroups
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +58,8 @@ class Balancer(Protocol):
     @property
     def endpoints(self) -> tuple[Endpoint, ...]: ...
 
-    def update(self, endpoints: Iterable[Endpoint], *, now: float | None = None) -> None: ...
+    def update(self, endpoints: Iterable[Endpoint], *, now: float | None = None,
+               failover_threshold: float | None = None) -> None: ...
 
     def pick(
         self, hash_key: bytes | None = None, exclude: Collection[EndpointKey] = (), *, now: float | None = None
@@ -74,8 +82,8 @@ class BalancerBase:
     """Shared state and candidate selection; subclasses implement `_choose` (and may hook `_updated`).
 
     Owns its `OutlierDetector` (do not share one between balancers: it tracks exactly this balancer's endpoints).
-    Raises ValueError for a `panic_threshold` outside [0, 1]; never raises from `pick`, `started`, `finished` or the
-    connect reports.
+    Raises ValueError for a `panic_threshold` or `failover_threshold` outside [0, 1]; never raises from `pick`,
+    `started`, `finished` or the connect reports.
     """
 
     name: ClassVar[str] = ""
@@ -88,15 +96,19 @@ class BalancerBase:
         outlier: OutlierDetector | None = None,
         panic_threshold: float = 0.5,
         choices: int = 2,
+        failover_threshold: float = 0.0,
     ) -> None:
         if not 0.0 <= panic_threshold <= 1.0:
             raise ValueError(f"panic_threshold must be within [0, 1], got {panic_threshold}")
         if choices < 2:
             raise ValueError(f"choices must be >= 2, got {choices}")
+        _check_failover_threshold(failover_threshold)
         self.rng = rng if rng is not None else random.Random()
         self.outlier = outlier if outlier is not None else OutlierDetector()
         self.panic_threshold = panic_threshold
         self.choices = choices
+        self._failover_threshold = failover_threshold
+        self._groups: PriorityGroups | None = None  # None while every endpoint has the same priority
         self._endpoints: tuple[Endpoint, ...] = ()
         self._by_key: dict[EndpointKey, Endpoint] = {}
         self._outstanding: dict[EndpointKey, int] = {}  # only counts > 0; outlives removal until drained
@@ -111,14 +123,25 @@ class BalancerBase:
     def endpoints(self) -> tuple[Endpoint, ...]:
         return self._endpoints
 
-    def update(self, endpoints: Iterable[Endpoint], *, now: float | None = None) -> None:
-        """Replace the endpoint set. Duplicate keys keep the first occurrence."""
+    @property
+    def failover_threshold(self) -> float:
+        """The usable share of a priority group below which the next group's endpoints are added."""
+        return self._failover_threshold
+
+    def update(self, endpoints: Iterable[Endpoint], *, now: float | None = None,
+               failover_threshold: float | None = None) -> None:
+        """Replace the endpoint set (and the failover threshold, unless None). Duplicate keys keep the first
+        occurrence; raises ValueError for a threshold outside [0, 1], before changing anything."""
+        if failover_threshold is not None:
+            _check_failover_threshold(failover_threshold)
+            self._failover_threshold = failover_threshold
         now = self._clock(now)
         by_key: dict[EndpointKey, Endpoint] = {}
         for endpoint in endpoints:
             by_key.setdefault(endpoint.key, endpoint)
         self._by_key = by_key
         self._endpoints = tuple(by_key.values())
+        self._groups = PriorityGroups.of(self._endpoints, self._failover_threshold)
         self.outlier.update(by_key, now)
         self._healthy = None
         self._updated()
@@ -154,6 +177,9 @@ class BalancerBase:
     def _candidates(self, exclude: Collection[EndpointKey], now: float) -> Sequence[Endpoint]:
         """The endpoints `pick` may return, in snapshot order; `self._endpoints` itself when all of them."""
         ejected = self.outlier.ejected(now)
+        if self._groups is not None:
+            panic = bool(ejected) and self._panic(len(ejected))
+            return self._groups.candidates(ejected, _as_set(exclude) if exclude else (), panic)
         if not ejected and not exclude:
             return self._endpoints
         if isinstance(exclude, str):  # a single key is a Collection[str] too: not a set of its characters
@@ -182,6 +208,10 @@ class BalancerBase:
             return None
         if self._healthy is not None and candidates is self._healthy[1]:
             return self._healthy[2]
+        if self._groups is not None:
+            known = self._groups.keys_of(candidates)
+            if known is not None:
+                return known
         return frozenset(e.key for e in candidates)
 
     def _panic(self, ejected: int) -> bool:
@@ -226,3 +256,17 @@ class BalancerBase:
         if now is not None and now > self._now:
             self._now = now
         return self._now
+
+
+def _as_set(exclude: Collection[EndpointKey]) -> Collection[EndpointKey]:
+    """`exclude` as something with fast membership tests (as `_candidates` does inline on the flat path)."""
+    if isinstance(exclude, str):
+        return frozenset((exclude,))
+    if not isinstance(exclude, set | frozenset | dict):
+        return frozenset(exclude)
+    return exclude
+
+
+def _check_failover_threshold(threshold: float) -> None:
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"failover_threshold must be within [0, 1], got {threshold}")

@@ -3,7 +3,8 @@
 Round robin keeps a cursor into the snapshot-ordered endpoint list, starting at a random position so that sidecars
 restarted together do not all send their first requests to the same endpoint. Each pick takes the first candidate
 at or after the cursor and moves the cursor past it; an ejected or excluded endpoint is skipped without shifting the
-turn of the others, so over any run of N picks with a stable set each of the N endpoints gets exactly one.
+turn of the others, so over any run of N picks with a stable set each of the N endpoints gets exactly one. With
+priorities (`priority`), the candidates are those of the chosen groups, and the same holds for them.
 
 Least request samples `choices` (default 2) distinct candidates at random and takes the one with the fewest
 outstanding requests: the "power of two choices", which avoids both herding onto a single least-loaded endpoint
@@ -30,9 +31,11 @@ class RoundRobin(BalancerBase):
         rng: random.Random | None = None,
         outlier: OutlierDetector | None = None,
         panic_threshold: float = 0.5,
+        failover_threshold: float = 0.0,
     ) -> None:
         self._cursor: int | None = None  # index into self._endpoints of the next endpoint's turn
-        super().__init__(endpoints, rng=rng, outlier=outlier, panic_threshold=panic_threshold)
+        super().__init__(endpoints, rng=rng, outlier=outlier, panic_threshold=panic_threshold,
+                         failover_threshold=failover_threshold)
 
     def _updated(self) -> None:
         if not self._endpoints:

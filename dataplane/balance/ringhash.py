@@ -4,9 +4,9 @@ Theory of operation: every endpoint owns `vnodes` points (default 100) on a 64-b
 `blake2b(f"{endpoint.key}#{i}")` for i in 0..vnodes-1; a request key hashes (blake2b, 64 bits) to a position and goes
 to the owner of the first point at or after it, wrapping around. Properties that follow:
 
-* Positions depend only on endpoint keys (`address:port`) and an unsalted hash, never on Python's
-  `hash()` or on list order, so every sidecar with the same endpoints sends the same key to the same endpoint,
-  across restarts too.
+* Positions depend only on endpoint keys (`address:port`, `#sni` added for a zone ingress) and an unsalted hash,
+  never on Python's `hash()` or on list order, so every sidecar with the same endpoints sends the same key to the
+  same endpoint, across restarts too.
 * Minimal disruption: removing an endpoint moves only the keys it owned (to the owners of the next points), adding
   one takes only keys that now land on its points; every other key stays put. About 1/N of the keys move.
 * The points per endpoint are fixed (not scaled to the ring size, as Envoy does) so that adding or removing an
@@ -14,6 +14,8 @@ to the owner of the first point at or after it, wrapping around. Properties that
   standard deviation) of fair; raise `vnodes` for smoother shares at the cost of memory and update time.
 * Excluded and ejected endpoints are skipped by walking on along the ring, so a retry of a key goes to the same
   "next" endpoint from every sidecar, and keys of healthy endpoints do not move while another one is ejected.
+* With priorities (`priority`) the walk skips endpoints outside the chosen groups too, which is the same as hashing
+  on a ring of the chosen groups alone: keys stay put within a group whatever happens to the other groups.
 * Without a key the pick falls back to least request (power of two choices) over the same candidates.
 
 Point hashes are cached per endpoint key, so an update hashes only new endpoints and then re-sorts the ring.
@@ -48,6 +50,7 @@ class RingHash(BalancerBase):
         outlier: OutlierDetector | None = None,
         panic_threshold: float = 0.5,
         choices: int = 2,
+        failover_threshold: float = 0.0,
     ) -> None:
         if vnodes < 1:
             raise ValueError(f"vnodes must be >= 1, got {vnodes}")
@@ -55,7 +58,8 @@ class RingHash(BalancerBase):
         self._points: dict[EndpointKey, list[int]] = {}
         self._ring: list[int] = []  # sorted positions
         self._owners: list[EndpointKey] = []  # owner of each position
-        super().__init__(endpoints, rng=rng, outlier=outlier, panic_threshold=panic_threshold, choices=choices)
+        super().__init__(endpoints, rng=rng, outlier=outlier, panic_threshold=panic_threshold, choices=choices,
+                         failover_threshold=failover_threshold)
 
     def _updated(self) -> None:
         old = self._points

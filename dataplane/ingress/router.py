@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from dataplane.ingress.names import parse_service_sni
 from dataplane.ingress.sni import MAX_HELLO, Hello, NotClientHello, parse_client_hello
 from dataplane.splice import splice
 from dataplane.transport.upstream import UpstreamError
 from meshcast.wire.leanio import LeanSocketStream, listen_tcp, open_lean_tcp_stream, serve_lean
+from meshcast.wire.sni import parse_service_sni
 
 log = logging.getLogger("meshcast.dataplane.ingress")
 
@@ -77,7 +77,7 @@ async def dial_tcp(host: str, port: int, *, connect_timeout: float = 5.0) -> Lea
 
 def resolve_service_sni(endpoints: Callable[[str, str], Sequence[Address] | None]) -> Resolve:
     """A `Resolve` for the cross-zone naming scheme: `endpoints(mesh, service)` for a name of the form
-    `names.service_sni`, nothing for any other name."""
+    `meshcast.wire.sni.service_sni`, nothing for any other name."""
 
     def resolve(sni: str) -> Sequence[Address] | None:
         parsed = parse_service_sni(sni)

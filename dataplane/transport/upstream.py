@@ -3,6 +3,11 @@
 Every connection verifies that the peer presents the SPIFFE ID of the service it was dialled for
 (`spiffe://<mesh>/<service>`), so a mis-routed or hijacked endpoint cannot impersonate a service: a sidecar
 is trusted for exactly what its certificate says. ALPN names the hop protocol; the peer must agree to it.
+
+An endpoint in another zone is that zone's ingress, which routes the connection by the TLS server name (SNI) to an
+instance of the service without terminating TLS: the handshake, and so the identity check, is still with the remote
+sidecar. Such a connection sends the endpoint's `sni` as the server name and is otherwise the same; it needs mTLS,
+since an ingress has nothing to route a plaintext connection by.
 """
 
 from __future__ import annotations
@@ -47,28 +52,39 @@ class UpstreamConnector:
             context = self._contexts[alpn] = client_context(self._identity, alpn=[alpn])
         return context
 
-    async def connect(self, address: str, port: int, *, service: str, alpn: str) -> trio.abc.HalfCloseableStream:
+    async def connect(self, address: str, port: int, *, service: str, alpn: str, sni: str = "",
+                      ) -> trio.abc.HalfCloseableStream:
+        """A connection to `service` at `address:port` (through a zone ingress when `sni` is set), its peer verified
+        as `spiffe://<mesh>/<service>` speaking `alpn`. Raises UpstreamError with the reason."""
+        where = f"{address}:{port} (SNI {sni})" if sni else f"{address}:{port}"
+        if sni and not self.mtls:
+            raise UpstreamError("tls_required", f"{where} is a zone ingress, which only routes TLS")
+        context = self._context(alpn) if self.mtls else None
         try:
             with trio.fail_after(self.connect_timeout):
                 tcp = await open_lean_tcp_stream(address, port)
-                if not self.mtls:
+                if context is None:
                     return tcp
-                tls = LeanTLSStream(tcp, self._context(alpn), server_side=False)
+                try:
+                    tls = LeanTLSStream(tcp, context, server_side=False, server_hostname=sni or None)
+                except (ValueError, TypeError) as exc:  # a server name ssl refuses (the config lets none by)
+                    await tcp.aclose()
+                    raise UpstreamError("tls_failure", f"{where}: {exc}") from None
                 try:
                     await tls.do_handshake()
                 except trio.BrokenResourceError as exc:
                     await tls.aclose()
-                    raise UpstreamError("tls_failure", f"{address}:{port}: {exc}") from None
+                    raise UpstreamError("tls_failure", f"{where}: {exc}") from None
         except trio.TooSlowError:
-            raise UpstreamError("connect_timeout", f"{address}:{port} after {self.connect_timeout}s") from None
+            raise UpstreamError("connect_timeout", f"{where} after {self.connect_timeout}s") from None
         except OSError as exc:
-            raise UpstreamError("connect_failure", f"{address}:{port}: {exc.strerror or exc}") from None
+            raise UpstreamError("connect_failure", f"{where}: {exc.strerror or exc}") from None
         expected = f"spiffe://{self.mesh}/{service}"
         peer = peer_spiffe_id(tls.ssl_object)
         if peer != expected:
             await tls.aclose()
-            raise UpstreamError("identity_mismatch", f"{address}:{port} is {peer}, not {expected}")
+            raise UpstreamError("identity_mismatch", f"{where} is {peer}, not {expected}")
         if tls.selected_alpn_protocol() != alpn:
             await tls.aclose()
-            raise UpstreamError("protocol_mismatch", f"{address}:{port} does not speak {alpn}")
+            raise UpstreamError("protocol_mismatch", f"{where} does not speak {alpn}")
         return tls

@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from dataplane.ingress.names import service_sni
 from dataplane.ingress.router import (
     ALERT_HANDSHAKE_FAILURE,
     ALERT_UNRECOGNIZED_NAME,
@@ -37,6 +36,7 @@ from dataplane.ingress.router import (
     tls_alert,
 )
 from dataplane.transport.upstream import UpstreamError
+from meshcast.wire.sni import service_sni
 
 WEB = service_sni("default", "web")
 UNKNOWN = service_sni("default", "nope")

@@ -167,7 +167,7 @@ def test_snapshot_fields_defaults_and_dump() -> None:
     endpoint = config.services["backend"].endpoints[0]
     assert endpoint.port == 8080 and isinstance(endpoint.port, int) and endpoint.protocol == "tcp"
     assert endpoint.model_dump() == {"address": "10.0.0.1", "port": 8080, "protocol": "tcp", "tags": {},
-                                     "dataplane": ""}
+                                     "dataplane": "", "priority": 0, "sni": ""}
     upstream = config.upstream("backend")
     assert upstream is not None and upstream.endpoints == config.outbound[0].endpoints  # its outbound first
     # Python names are accepted too, and the dump by wire names reads back to an equal config.

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from dataplane.ingress import names
-from dataplane.ingress.names import parse_service_sni, service_sni
 from dataplane.ingress.sni import MAX_HELLO, MAX_RECORDS, Hello, NeedMore, NotClientHello, parse_client_hello
 from meshcast.resources.model import DNS_LABEL
+from meshcast.wire import sni as names
+from meshcast.wire.sni import parse_service_sni, service_sni
 
 # --- building hellos ------------------------------------------------------------------------------------------
 
