@@ -1,10 +1,11 @@
-"""Cross-zone traffic through real processes: a global CP on etcd, zones `eu` and `us` each with a zone CP and a
-zone ingress, sidecars and apps on loopback.
+"""Cross-zone traffic through real processes: a global CP on a 3-member etcd cluster, zones `eu` and `us` each with
+a zone CP and a zone ingress, sidecars and apps on loopback.
 
 A service only `us` has is reached from `eu` through us's ingress, with the caller's SPIFFE identity seen by the app
 in `us` (the ingress does not terminate TLS). A service both zones have is served locally; when eu's instance dies
 under steady load the calls fail over to us with no failure beyond requests in flight, and come back to eu once its
-instance is back.
+instance is back. A policy applied at the global CP reaches the sidecars of both zones; with the global etcd's
+quorum gone, local and cross-zone traffic keep flowing, even through a zone CP restarted meanwhile.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 from tests.integration.test_federation import wait_for
 from tests.integration.test_sidecar_http import HttpApp
-from tests.support.etcd import EtcdProcess
+from tests.support.etcd import EtcdCluster
 from tests.support.ports import free_port
 from tests.support.process import stop_process
 from tests.support.sidecar import SidecarProcess
@@ -75,17 +76,19 @@ class Ingress:
 @pytest.fixture(scope="module")
 def zones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("cross-zone")
-    etcd = EtcdProcess("g0", tmp / "etcd")
+    (tmp / "etcd").mkdir()
+    etcd = EtcdCluster(tmp / "etcd")
+    endpoints = ",".join(etcd.client_urls)
     stoppable: list[Any] = []
     apps: list[HttpApp] = []
     try:
         etcd.start()
-        global_cp = ZoneCPProcess(tmp / "global", "--etcd-endpoints", etcd.client_url, component="global-cp")
+        global_cp = ZoneCPProcess(tmp / "global", "--etcd-endpoints", endpoints, component="global-cp")
         stoppable.append(global_cp)
         global_cp.start()
         cps = {}
         for name in ("eu", "us"):
-            cp = ZoneCPProcess(tmp / name, "--zone", name, "--global-etcd", etcd.client_url,
+            cp = ZoneCPProcess(tmp / name, "--zone", name, "--global-etcd", endpoints,
                                "--zone-lease-ttl", "2", "--heartbeat-timeout", "30")
             stoppable.append(cp)
             cp.start()
@@ -94,11 +97,12 @@ def zones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             stoppable.append(ingress)
             wait_for(ingress.ready, f"ingress {name} ready")
         sidecars = {}
-        out = {"backend": free_port(), "payments": free_port()}
-        for zone, name, service, outbound in (("us", "payments-us", "payments", {}),
+        out = {"backend": free_port(), "payments": free_port(), "us_backend": free_port()}
+        for zone, name, service, outbound in (("us", "payments-us", "payments", {"backend": out["us_backend"]}),
                                               ("us", "backend-us", "backend", {}),
                                               ("eu", "backend-eu", "backend", {}),
-                                              ("eu", "web-eu", "web", out)):
+                                              ("eu", "web-eu", "web", {"backend": out["backend"],
+                                                                       "payments": out["payments"]})):
             app = HttpApp(name)
             apps.append(app)
             sidecar = SidecarProcess(tmp / name, cps[zone].url, cps[zone].token(service),
@@ -106,13 +110,13 @@ def zones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             stoppable.append(sidecar)
             sidecar.start()
             sidecars[name] = sidecar
-        yield {"global": global_cp, "cps": cps, "sidecars": sidecars, "out": out, "tmp": tmp}
+        yield {"global": global_cp, "cps": cps, "sidecars": sidecars, "out": out, "tmp": tmp, "etcd": etcd}
     finally:
         for item in reversed(stoppable):
             item.stop()
         for app in apps:
             app.close()
-        etcd.kill()
+        etcd.stop()
 
 
 def test_a_service_only_in_us_is_reached_from_eu_with_the_callers_identity(zones: dict[str, Any]) -> None:
@@ -154,3 +158,44 @@ def test_failover_to_us_under_load_and_back_to_eu(zones: dict[str, Any]) -> None
         worker.join()
     assert len(failures) <= 1, failures  # at most the one request in flight at the kill
     assert "backend-us" in served and served[-1] == "backend-eu"
+
+
+def outbound_threshold(sidecar: SidecarProcess, service: str) -> float | None:
+    import httpx
+
+    config = httpx.get(sidecar.admin + "/config", timeout=5).json()["config"]
+    for outbound in config["outbound"]:
+        if outbound["service"] == service:
+            return float(outbound["failoverThreshold"])
+    return None
+
+
+def test_a_policy_applied_at_the_global_cp_reaches_sidecars_in_both_zones(zones: dict[str, Any]) -> None:
+    policy = {"type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "backend-lb", "spec": {
+        "to": "backend", "localityAwareness": {"crossZone": {"failoverThreshold": 50}}}}
+    result = zones["global"].cli("apply", "-f", "-", stdin=json.dumps(policy))
+    assert result.returncode == 0, result.stderr
+    for name in ("web-eu", "payments-us"):  # both call backend, which both zones have
+        sidecar = zones["sidecars"][name]
+        wait_for(lambda sidecar=sidecar: outbound_threshold(sidecar, "backend") == 0.5, f"the policy at {name}")
+    assert zones["global"].cli("delete", "meshloadbalancingstrategy", "backend-lb").returncode == 0
+    for name in ("web-eu", "payments-us"):
+        sidecar = zones["sidecars"][name]
+        wait_for(lambda sidecar=sidecar: outbound_threshold(sidecar, "backend") == 0.0, f"policy gone at {name}")
+
+
+def test_traffic_keeps_flowing_without_the_global_etcd(zones: dict[str, Any]) -> None:
+    """Last in the module: it takes the global etcd's quorum away."""
+    out = zones["out"]
+    wait_for(lambda: get(out["payments"])["server"] == "payments-us", "cross-zone call", timeout=30)
+    zones["etcd"].kill(1)
+    zones["etcd"].kill(2)
+    for _ in range(10):
+        assert get(out["payments"])["server"] == "payments-us"  # cross-zone
+        assert get(out["backend"])["server"] == "backend-eu"  # local
+    zones["cps"]["eu"].stop()  # a zone CP restarted during the outage serves its saved global and remote views
+    zones["cps"]["eu"].start()
+    time.sleep(3)  # the sidecars reconnect and get their snapshots from the restarted CP
+    for _ in range(10):
+        assert get(out["payments"])["server"] == "payments-us"
+        assert get(out["backend"])["server"] == "backend-eu"
