@@ -146,6 +146,7 @@ class RunResult:
     samples: list[float] = field(default_factory=list)
     by_zone: dict[str, list[float]] = field(default_factory=dict)
     firsts: list[float] = field(default_factory=list)
+    lasts: list[float] = field(default_factory=list)  # per round: until every web sidecar acknowledged
     api_times: list[float] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)
     sims_cpu: float = 0.0  # this process: the simulated sidecars (and the API client)
@@ -234,6 +235,8 @@ async def one_run(global_cp: ZoneCPProcess, zones: dict[str, ZoneCPProcess], sid
             for zone in zones:
                 starters.start_soon(start_zone, zone)
         await _wait_settled({zone: webs for zone, (_, webs) in sims.items()}, zones, backends)
+        # Includes the API connections the sidecars registered over: the API server keeps each one open for its
+        # keep-alive timeout after the sidecar closed it, and freed memory is not handed back to the system.
         result.rss_connected = _rss_all(zones)
         result.by_zone = {zone: [] for zone in zones}
         gc.freeze()  # the simulated sidecars live for the whole run, as the control planes' own state does
@@ -264,6 +267,7 @@ async def one_run(global_cp: ZoneCPProcess, zones: dict[str, ZoneCPProcess], sid
                 result.samples.append(when - start)
                 result.by_zone[zone].append(when - start)
             result.firsts.append(min(when for _, when in current.arrivals.values()) - start)
+            result.lasts.append(max(when for _, when in current.arrivals.values()) - start)
             await trio.sleep(0.1)
         result.cpu = {zone: cpu_seconds(pid_of(cp)) - cpu_before[zone] for zone, cp in zones.items()}
         result.sims_cpu = cpu_seconds(os.getpid()) - sims_cpu_before
@@ -349,7 +353,8 @@ def main() -> None:
         print(f"run {run + 1}: {len(ms)} acks, p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms, "
               f"max {max(ms):.1f} ms (p99 by zone: {zone_p99})")
         print(f"  API POST /v1/apply round trip: median {statistics.median(result.api_times) * 1000:.1f} ms; "
-              f"first sidecar's snapshot: median {first:.1f} ms")
+              f"first sidecar's snapshot: median {first:.1f} ms; the last one's: median "
+              f"{statistics.median(result.lasts) * 1000:.1f} ms")
         per_push = sum(result.cpu.values()) / (args.rounds * result.webs) * 1e6
         cpus.append(per_push)
         cpu_text = ", ".join(f"{zone} {cpu:.2f} s" for zone, cpu in result.cpu.items())

@@ -316,7 +316,11 @@ async def serve_api(
     config.bind = [f"fd://{sock.fileno()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("meshcast.zone_cp.http")
-    config.keep_alive_timeout = 75
+    # hypercorn 0.18's trio server keeps a connection the client has closed until this idle timeout ends (its
+    # read loop does not stop the idle task on EOF): 500 sidecars registering after a restart held 500 sockets in
+    # CLOSE-WAIT for 75 s. Our clients (CLI, sidecars, ingress long polls) make one call per connection or keep it
+    # busy, so a short idle timeout costs nothing.
+    config.keep_alive_timeout = 5
     config.h2_max_concurrent_streams = 10_000
     if cp.config.tls_cert and cp.config.tls_key:
         config.certfile = str(cp.config.tls_cert)

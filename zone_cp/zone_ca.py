@@ -50,6 +50,7 @@ class ZoneCAs:
         self._dir = state_dir / "ca"
         self.zone = zone
         self._cas: dict[str, MeshCA] = {}
+        self._csrs: dict[str, tuple[ec.EllipticCurvePublicKey, bytes]] = {}
 
     def get(self, mesh: str) -> MeshCA:
         ca = self._cas.get(mesh)
@@ -80,8 +81,13 @@ class ZoneCAs:
         return key
 
     def csr(self, mesh: str) -> bytes:
-        """The CSR of this zone's pending intermediate key for `mesh` (the key is created on first use)."""
-        return build_csr(self._pending_key(mesh), trust_domain_id(mesh))
+        """The CSR of this zone's pending intermediate key for `mesh` (the key is created on first use). The same
+        bytes until the key changes: ECDSA signatures differ each time, and a new CSR would be published again."""
+        key = self._pending_key(mesh)
+        cached = self._csrs.get(mesh)
+        if cached is None or cached[0] != key.public_key():
+            cached = self._csrs[mesh] = (key.public_key(), build_csr(key, trust_domain_id(mesh)))
+        return cached[1]
 
     def install(self, mesh: str, message: dict[str, Any]) -> bool:
         """Install the signed intermediate if it is for our pending key and chains to its bundle."""
