@@ -38,6 +38,7 @@ bench: deps $(STAMP)
 	$(BIN)/python bench/bench_http1.py
 	$(BIN)/python bench/bench_proxy.py
 	$(BIN)/python bench/bench_rss.py
+	$(BIN)/python bench/bench_federation.py
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
