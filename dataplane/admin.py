@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -27,8 +29,14 @@ def _response(status: int, body: bytes, content_type: str) -> list[h11.Event]:
     return [h11.Response(status_code=status, headers=headers), h11.Data(data=body), h11.EndOfMessage()]
 
 
-def handle(sidecar: Sidecar, target: str) -> list[h11.Event]:
+def handle(sidecar: Sidecar, method: str, target: str) -> list[h11.Event]:
     path = target.split("?", 1)[0]
+    if path == "/drain":
+        if method != "POST":
+            return _response(405, b'{"error": "POST /drain"}', "application/json")
+        # The same drain as SIGTERM (unready, withdraw, stop accepting, finish in-flight, exit).
+        os.kill(os.getpid(), signal.SIGTERM)
+        return _response(202, b'{"draining": true}', "application/json")
     if path == "/ready":
         ready = sidecar.ready
         status: dict[str, Any] = {
@@ -62,9 +70,9 @@ def metrics_response(registry: CollectorRegistry) -> list[h11.Event]:
     return _response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
 
 
-async def serve_http(handler: Callable[[str], list[h11.Event]], sock: socket.socket, *,
+async def serve_http(handler: Callable[[str, str], list[h11.Event]], sock: socket.socket, *,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve GETs on `sock`, one request per connection: `handler(target)` gives the response's events."""
+    """Serve `sock`, one request per connection: `handler(method, target)` gives the response's events."""
     async def one(stream: LeanSocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         try:
@@ -76,7 +84,7 @@ async def serve_http(handler: Callable[[str], list[h11.Event]], sock: socket.soc
                         continue
                     break
             if isinstance(event, h11.Request):
-                events = handler(event.target.decode("ascii", "replace"))
+                events = handler(event.method.decode("ascii", "replace"), event.target.decode("ascii", "replace"))
             else:
                 events = _response(400, b'{"error": "bad request"}', "application/json")
             for out in events:

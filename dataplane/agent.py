@@ -58,7 +58,9 @@ class ControlPlaneAgent:
         self.doc = dict(dataplane)
         self.mesh = str(self.doc.get("mesh") or "default")
         self.name = str(self.doc["name"])
-        self.service = str(self.doc["spec"]["inbound"][0]["service"])
+        spec = self.doc["spec"]
+        # The identity: an edge gateway's own name, else the first inbound's service.
+        self.service = str(spec.get("gateway") or spec["inbound"][0]["service"])
         self.state_dir = state_dir
         self.on_config = on_config
         self.on_identity = on_identity

@@ -115,6 +115,47 @@ class MtlsConfig(_Model):
 
 
 @dataclass(frozen=True, kw_only=True)
+class GatewayCertificateConfig(_Model):
+    hosts: list[str] = field(default_factory=list)
+    cert_file: str = field(metadata={"alias": "certFile"})
+    key_file: str = field(metadata={"alias": "keyFile"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayTlsConfig(_Model):
+    certificates: list[GatewayCertificateConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayListenerConfig(_Model):
+    port: int = field(metadata=_PORT)
+    address: str = "0.0.0.0"
+    protocol: Literal["http", "https"] = "http"
+    tls: GatewayTlsConfig | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteMatchConfig(_Model):
+    hosts: list[str] = field(default_factory=list)
+    path_prefix: str = field(default="/", metadata={"alias": "pathPrefix"})
+    methods: list[str] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayRouteConfig(_Model):
+    match: RouteMatchConfig = field(default_factory=RouteMatchConfig)
+    to: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig(_Model):
+    name: str
+    listeners: list[GatewayListenerConfig] = field(default_factory=list)
+    routes: list[GatewayRouteConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ProxyConfig(_Model):
     mesh: str
     dataplane: str
@@ -126,6 +167,7 @@ class ProxyConfig(_Model):
     heartbeat_interval: float = field(default=2.0, metadata={"alias": "heartbeatInterval", "gt": 0})
     http_proxy: HttpProxyConfig | None = field(default=None, metadata={"alias": "httpProxy"})
     services: dict[str, ServiceConfig] = field(default_factory=dict)
+    gateway: GatewayConfig | None = None  # an edge gateway's MeshGateway (None: not a gateway, or it is missing)
 
     def upstream(self, service: str) -> ServiceConfig | None:
         """Endpoints, protocol and failover threshold of `service`, from its outbound or, in proxy mode, the mesh's
@@ -151,6 +193,8 @@ def parse_snapshot(snapshot: Any, *, mesh: str, name: str) -> ProxyConfig:
     ports = [i.port for i in config.inbound] + [o.port for o in config.outbound]
     if config.http_proxy is not None:
         ports.append(config.http_proxy.port)
+    if config.gateway is not None:
+        ports += [listener.port for listener in config.gateway.listeners]
     if len(ports) != len(set(ports)):
         raise InvalidConfig("two listeners share a port")
     return config

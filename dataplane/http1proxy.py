@@ -169,7 +169,14 @@ class Http1Proxy:
         self.header_timeout = header_timeout
         self.response_timeout = response_timeout
         self.requests = 0
+        self._waiting: trio.CancelScope | None = None  # set while idle between requests
 
+    def go_away(self) -> None:
+        """Drain: the response in progress (or the next) says Connection: close and the connection then closes; a
+        connection idle between requests closes now."""
+        self.server.close_after_response()
+        if self._waiting is not None and self.requests:
+            self._waiting.cancel()
     async def serve(self) -> None:
         try:
             while True:
@@ -178,8 +185,12 @@ class Http1Proxy:
                 # A bare CancelScope: trio.move_on_after is a generator-based context manager, measurably slower
                 # on a path taken once per request.
                 timeout = self.idle_timeout if self.requests else self.header_timeout
+                if self.server.going_away and self.requests:  # drained between two requests
+                    return
                 with trio.CancelScope(deadline=trio.current_time() + timeout) as idle:
+                    self._waiting = idle
                     event = await self.reader.next()
+                self._waiting = None
                 if idle.cancelled_caught or isinstance(event, ConnectionClosed):
                     return
                 if not isinstance(event, RequestReceived):
@@ -218,7 +229,7 @@ class Http1Proxy:
         target = self.route(request)
         if isinstance(target, UpstreamError):
             await self._drain_request_body(request)
-            await self._send_quietly(error_bytes(self.server, 503, target.reason))
+            await self._send_quietly(error_bytes(self.server, target.status, target.reason))
             return not self.server.must_close
         try:
             return await self._exchange_with(request, target)

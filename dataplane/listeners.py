@@ -26,7 +26,7 @@ Handler = Callable[[LeanSocketStream], Awaitable[None]]
 
 @dataclass(frozen=True)
 class ListenerSpec:
-    direction: str  # inbound | outbound | proxy (HTTP proxy mode: the Host header names the service)
+    direction: str  # inbound | outbound | proxy (the Host header names the service) | gateway (MeshGateway)
     address: str
     port: int
     protocol: str
@@ -63,6 +63,9 @@ class ListenerSet:
         specs = {ListenerSpec.of_inbound(config, i) for i in config.inbound}
         if config.http_proxy is not None:
             specs.add(ListenerSpec("proxy", config.http_proxy.address, config.http_proxy.port, "http", "*.mesh"))
+        if config.gateway is not None:
+            specs |= {ListenerSpec("gateway", listener.address, listener.port, listener.protocol, config.gateway.name)
+                      for listener in config.gateway.listeners}
         return specs | {ListenerSpec.of_outbound(o) for o in config.outbound}
 
     async def reconcile(self, config: ProxyConfig, nursery: trio.Nursery) -> None:

@@ -36,6 +36,8 @@ from dataplane.balance.outlier import OutlierDetector
 from dataplane.codec.events import RequestReceived
 from dataplane.codec.http1 import ClientConnection
 from dataplane.config import ProxyConfig
+from dataplane.gateway import GatewayRoutes, services_of
+from dataplane.gateway import server_context as gateway_server_context
 from dataplane.h2.connection import Fields, H2Connection
 from dataplane.h2.proxy import H2Pool, H2Proxy, H2Target, sniff_h2
 from dataplane.http1proxy import Http1Proxy, Upstream
@@ -69,6 +71,7 @@ class Sidecar:
         connect_timeout: float = 5.0,
         workers: int = 1,
         follower: bool = False,
+        withdraw_delay: float = 1.0,
     ) -> None:
         """`workers` > 1 binds listeners with SO_REUSEPORT; a `follower` (a worker process) applies the state the
         leading process saves instead of talking to the control plane."""
@@ -95,6 +98,11 @@ class Sidecar:
         self.mesh_h2: H2Pool | None = None  # created with the nursery their connections run in
         self.app_h2: H2Pool | None = None
         self.h2_serving: set[H2Connection] = set()
+        self.http1_serving: set[Http1Proxy] = set()  # gateway connections, told to go on drain
+        self.gateway_routes = GatewayRoutes.of(())
+        self.gateway_tls: dict[tuple[str, int], ssl.SSLContext] = {}
+        self.gateway_errors: list[str] = []
+        self.withdraw_delay = withdraw_delay
 
     # --- state from the agent ---------------------------------------------------------------------------------
 
@@ -114,10 +122,41 @@ class Sidecar:
         for service in set(self.balancers) - set(upstreams):
             del self.balancers[service]
         self.connector.mtls = config.mtls.enabled
+        self._configure_gateway(config)
         self.metrics.config_version.clear()
         self.metrics.config_version.labels(version=self.agent.version or "saved").set(1)
         self._config_changed.set()
         self._config_changed = trio.Event()
+
+    def _configure_gateway(self, config: ProxyConfig) -> None:
+        """An edge gateway's routes, and a TLS context per https listener (certificate files read now: a missing
+        or broken one makes the gateway unready, naming it)."""
+        gateway = config.gateway
+        self.gateway_routes = GatewayRoutes.of(gateway.routes if gateway is not None else ())
+        contexts: dict[tuple[str, int], ssl.SSLContext] = {}
+        errors = []
+        for listener in gateway.listeners if gateway is not None else []:
+            if listener.protocol == "https":
+                try:
+                    contexts[(listener.address, listener.port)] = gateway_server_context(listener)
+                except (OSError, ssl.SSLError, ValueError) as exc:
+                    errors.append(f"listener {listener.address}:{listener.port}: cannot load its certificates: "
+                                  f"{exc}")
+                    log.error("gateway %s", errors[-1])
+        self.gateway_tls, self.gateway_errors = contexts, errors
+
+    @property
+    def is_gateway(self) -> bool:
+        return bool(self.agent.doc.get("spec", {}).get("gateway"))
+
+    def gateway_backends(self) -> dict[str, int]:
+        """Usable endpoints (not ejected) per routed service."""
+        out = {}
+        for service in services_of(self.gateway_routes.routes):
+            balancer = self.balancers.get(service)
+            stats = balancer.statistics(now=time.monotonic()) if balancer is not None else None
+            out[service] = stats.endpoints - stats.ejected if stats is not None else 0
+        return out
 
     def _on_identity(self, identity: Identity) -> None:
         self.server_ssl = server_context(identity, alpn=[*ALPN_MESH, ALPN_TCP])
@@ -134,6 +173,11 @@ class Sidecar:
             return False
         if self.listeners is not None and self.listeners.errors:
             return False
+        if self.is_gateway:  # an accepted MeshGateway, its certificates, and a healthy backend for its routes
+            if self.config.gateway is None or self.gateway_errors:
+                return False
+            if not any(self.gateway_backends().values()):
+                return False
         return not self.config.mtls.enabled or self.server_ssl is not None
 
     # --- lifetime ---------------------------------------------------------------------------------------------
@@ -162,10 +206,17 @@ class Sidecar:
 
         True if everything finished in time."""
         self.draining = True
+        if self.is_gateway and self.withdraw_delay > 0:
+            # Unready first: the BGP speaker withdraws the region's prefixes, and new connections stop arriving
+            # here before the listeners close.
+            log.info("gateway unready: waiting %.1fs for the route to be withdrawn", self.withdraw_delay)
+            await trio.sleep(self.withdraw_delay)
         if self.listeners is not None:
             self.listeners.stop_all()
         for conn in self.h2_serving:
             conn.goaway()  # HTTP/2 clients open no new streams here; those open finish
+        for proxy in self.http1_serving:
+            proxy.go_away()  # HTTP/1.1: the next response says Connection: close; idle connections close now
         with trio.move_on_after(grace):
             await self._idle.wait()
         return self.in_flight == 0
@@ -188,6 +239,8 @@ class Sidecar:
             return lambda stream: self._inbound(spec, stream)
         if spec.direction == "proxy":
             return self._proxy_mode
+        if spec.direction == "gateway":
+            return lambda stream: self._gateway(spec, stream)
         return lambda stream: self._outbound(spec, stream)
 
     async def _proxy_mode(self, stream: LeanSocketStream) -> None:
@@ -205,6 +258,70 @@ class Sidecar:
         finally:
             self._end("outbound")
             await stream.aclose()
+
+    async def _gateway(self, spec: ListenerSpec, stream: LeanSocketStream) -> None:
+        """Edge traffic: TLS terminated here for https (certificate by SNI), each request routed by the MeshGateway."""
+        self.metrics.connections.labels(direction="gateway", service=spec.target).inc()
+        self._begin("gateway")
+        downstream: trio.abc.HalfCloseableStream = stream
+        try:
+            alpn = None
+            if spec.protocol == "https":
+                context = self.gateway_tls.get((spec.address, spec.port))
+                if context is None:
+                    return
+                tls = LeanTLSStream(stream, context, server_side=True)
+                downstream = tls
+                with trio.move_on_after(HANDSHAKE_TIMEOUT) as timer:
+                    try:
+                        await tls.do_handshake()
+                    except trio.BrokenResourceError as exc:
+                        self.metrics.refused.labels(reason="tls").inc()
+                        log.info("gateway: TLS handshake failed: %s", exc)
+                        return
+                if timer.cancelled_caught:
+                    self.metrics.refused.labels(reason="handshake_timeout").inc()
+                    return
+                alpn = tls.selected_alpn_protocol()
+            first = b""
+            is_h2 = alpn == "h2"
+            if alpn is None:
+                is_h2, first = await sniff_h2(downstream)
+            if is_h2:
+                await self._serve_h2(downstream, first, self._gateway_route_h2)
+            elif first or alpn is not None:
+                proto = b"https" if spec.protocol == "https" else b"http"
+                proxy = Http1Proxy(downstream, self._gateway_route, initial=first,
+                                   add=lambda request: ((b"x-forwarded-proto", proto),))
+                self.http1_serving.add(proxy)
+                try:
+                    await proxy.serve()
+                finally:
+                    self.http1_serving.discard(proxy)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._end("gateway")
+            await downstream.aclose()
+
+    def _gateway_route(self, request: RequestReceived) -> Upstream | UpstreamError:
+        headers = request.headers
+        service = self.gateway_routes.match(
+            (headers.get(b"host") or b"").decode("latin-1"), request.target.decode("latin-1"),
+            request.method.decode("latin-1"), lambda name: _text(headers.get(name.encode("latin-1"))))
+        if service is None:
+            return UpstreamError("no_route", "no route of the gateway matches", status=404)
+        return self._http_route(service)
+
+    def _gateway_route_h2(self, fields: Fields) -> H2Target | UpstreamError:
+        pseudo = {k: v for k, v in fields if k.startswith(b":")}
+        service = self.gateway_routes.match(
+            pseudo.get(b":authority", b"").decode("latin-1"), pseudo.get(b":path", b"/").decode("latin-1"),
+            pseudo.get(b":method", b"GET").decode("latin-1"),
+            lambda name: _text(next((v for k, v in fields if k == name.encode("latin-1")), None)))
+        if service is None:
+            return UpstreamError("no_route", "no route of the gateway matches", status=404)
+        return self._h2_route(service)  # an HTTP/1.1 service gets it as HTTP/1.1 from its own sidecar
 
     def _service_for_host(self, host_field: bytes | None, *, h2: bool) -> str | UpstreamError:
         """The mesh service a proxy-mode request names by its Host (`<service>.mesh`, any port)."""
@@ -426,3 +543,7 @@ class Sidecar:
         finally:
             self._end("outbound")
             await stream.aclose()
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None

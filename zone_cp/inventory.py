@@ -17,7 +17,7 @@ from typing import Any
 
 from meshcast.resources import Resource
 from meshcast.resources.duration import format_duration
-from meshcast.resources.types import DataplaneSpec, MeshLoadBalancingStrategySpec, MeshSpec
+from meshcast.resources.types import DataplaneSpec, MeshGatewaySpec, MeshLoadBalancingStrategySpec, MeshSpec
 from meshcast.store import EventKind, ResourceChanged
 from meshcast.wire.sni import service_sni
 
@@ -48,6 +48,7 @@ class Inventory:
         self._protocols: dict[tuple[str, str], str] | None = None
         # Federation: load-balancing policies, and what the other zones offer through their ingresses.
         self.lb_policies: dict[DPKey, MeshLoadBalancingStrategySpec] = {}
+        self.gateways: dict[DPKey, MeshGatewaySpec] = {}
         self.remote: dict[tuple[str, str], list[RemoteService]] = {}
         self._upstreams: dict[tuple[str, str], tuple[list[dict[str, Any]], float]] = {}
 
@@ -57,19 +58,22 @@ class Inventory:
         self.meshes.clear()
         self.dataplanes.clear()
         self.lb_policies.clear()
+        self.gateways.clear()
         for resource in resources:
             self._put(resource)
         self._bump()
 
     def apply(self, event: ResourceChanged) -> bool:
         """Apply one store change; True when it can change some sidecar's snapshot."""
-        if event.type not in ("Mesh", "Dataplane", "MeshLoadBalancingStrategy"):
+        if event.type not in ("Mesh", "Dataplane", "MeshLoadBalancingStrategy", "MeshGateway"):
             return False
         if event.kind is EventKind.DELETED:
             if event.type == "Mesh":
                 self.meshes.pop(event.name, None)
             elif event.type == "Dataplane":
                 self.dataplanes.pop((event.mesh, event.name), None)
+            elif event.type == "MeshGateway":
+                self.gateways.pop((event.mesh, event.name), None)
             else:
                 self.lb_policies.pop((event.mesh, event.name), None)
         elif event.resource is not None:
@@ -95,6 +99,9 @@ class Inventory:
         elif resource.type == "MeshLoadBalancingStrategy":
             assert isinstance(resource.spec, MeshLoadBalancingStrategySpec)
             self.lb_policies[(resource.mesh, resource.name)] = resource.spec
+        elif resource.type == "MeshGateway":
+            assert isinstance(resource.spec, MeshGatewaySpec)
+            self.gateways[(resource.mesh, resource.name)] = resource.spec
 
     def touch(self) -> None:
         """Something outside the store changed what sidecars or the zone's publication should see."""
@@ -270,6 +277,18 @@ class Inventory:
             "outbound": outbound,
             "heartbeatInterval": self.heartbeat_interval,
         }
+        if spec.gateway is not None:
+            # An edge gateway: its MeshGateway's listeners and routes, and the endpoints of every routed service.
+            gateway = self.gateways.get((mesh, spec.gateway))
+            snapshot["gateway"] = None if gateway is None else {
+                "name": spec.gateway, **gateway.model_dump(mode="json", by_alias=True, exclude_none=True)}
+            routed = sorted({route.to for route in gateway.routes}) if gateway is not None else []
+            snapshot["services"] = {}
+            for svc in routed:
+                endpoints, threshold = self.upstream(mesh, svc)
+                snapshot["services"][svc] = {"protocol": self.protocol(mesh, svc), "endpoints": endpoints}
+                if threshold:
+                    snapshot["services"][svc]["failoverThreshold"] = threshold
         if spec.http_proxy is not None:
             # Proxy mode reaches any service of the mesh by name, so the sidecar gets all of them.
             snapshot["httpProxy"] = spec.http_proxy.model_dump(mode="json", by_alias=True)

@@ -419,6 +419,17 @@ class ServerConnection(_Http1Connection):
         self._target = b""
         self._queue: deque[RequestReceived] = deque()
         self._pending = b""
+        self._going_away = False
+
+    @property
+    def going_away(self) -> bool:
+        return self._going_away
+
+    def close_after_response(self) -> None:
+        """Drain: the next response head says Connection: close, and the connection ends after the current
+        exchange (or now, between exchanges: `must_close`)."""
+        self._going_away = True
+        self._close_after_send = True
 
     def on_message_begin(self) -> None:
         self._section += 1
@@ -516,7 +527,7 @@ class ServerConnection(_Http1Connection):
         self._queue.popleft()
         if request.method == b"CONNECT" and status < 300:
             return self._switch(serialize_response_head(status, headers, reason=reason, body_length=NO_FRAMING))
-        close = not request.keep_alive
+        close = not request.keep_alive or self._going_away
         framing: int | None
         if request.method == b"HEAD" or status == 304:
             framing, body_length = KEEP_FRAMING, 0

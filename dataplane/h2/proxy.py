@@ -192,7 +192,7 @@ class H2Proxy:
         grpc = (header(fields, b"content-type") or b"").startswith(b"application/grpc")
         target = self.route(fields)
         if isinstance(target, UpstreamError):
-            await self._answer(down, 503, target.reason, grpc=grpc)
+            await self._answer(down, target.status, target.reason, grpc=grpc)
             return
         if isinstance(target, Upstream):  # an HTTP/1.1 upstream: one exchange per stream
             try:

@@ -26,8 +26,9 @@ ALPN_TCP = "meshcast-tcp"
 class UpstreamError(Exception):
     """A failed attempt to reach an endpoint; `reason` is the short code reported to the app and in metrics."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, *, status: int = 503) -> None:
         self.reason = reason
+        self.status = status  # what the proxy answers when this ends a request before any response
         super().__init__(f"{reason}: {detail}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -443,6 +444,67 @@ def dataplane_run(cp_url: str, log_level: str, **options: Any) -> None:
 
     _logging(log_level)
     run_dataplane(cp=cp_url, **options)
+
+
+@cli.group("gateway")
+def gateway_group() -> None:
+    """The edge gateway: the data-plane proxy serving a MeshGateway on the region's anycast addresses."""
+
+
+@gateway_group.command("run")
+@click.option("--cp", "cp_url", envvar="MESHCAST_CP", default=DEFAULT_CP, show_default=True,
+              help="URL of the zone control plane's API.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Dataplane token allowing the gateway's name as its service.")
+@click.option("--dataplane-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The gateway's Dataplane: spec.gateway names its MeshGateway.")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+              help="Where the last config and the identity are kept [default: /var/lib/meshcast/dataplanes/M/N].")
+@click.option("--admin-addr", default="127.0.0.1:9901", show_default=True,
+              help="Address of /ready (what the BGP speaker polls), /metrics, /config, POST /drain.")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CA to verify an https control plane.")
+@click.option("--drain-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to let requests in flight finish once draining.")
+@click.option("--withdraw-delay", type=float, default=1.0, show_default=True,
+              help="Seconds between turning unready (the BGP speaker withdraws) and closing the listeners.")
+@click.option("--workers", type=int, default=os.cpu_count() or 1, show_default="one per core",
+              help="Processes sharing the listeners (SO_REUSEPORT).")
+@click.option("--follower", is_flag=True, hidden=True, help="Internal: a worker process following the leader's state.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+def gateway_run(cp_url: str, log_level: str, **options: Any) -> None:
+    """Run an edge gateway until SIGTERM, SIGINT or `meshcast gateway drain` (then drain)."""
+    from meshcast.cli.run_dataplane import run_dataplane
+
+    _logging(log_level)
+    run_dataplane(cp=cp_url, gateway=True, **options)
+
+
+@gateway_group.command("drain")
+@click.option("--admin-addr", default="127.0.0.1:9901", show_default=True, help="The gateway's admin address.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for it to exit.")
+def gateway_drain(admin_addr: str, timeout: float) -> None:
+    """Drain a gateway: unready (its region's prefixes are withdrawn), connections told to go, requests in flight
+    finish, then it exits. Returns when it has exited."""
+    import time
+
+    import httpx
+
+    url = f"http://{admin_addr}"
+    try:
+        httpx.post(url + "/drain", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot ask the gateway at {admin_addr} to drain: {exc}") from None
+    click.echo(f"gateway at {admin_addr}: draining")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/ready", timeout=1)
+        except httpx.HTTPError:
+            click.echo("drained: the gateway has exited")
+            return
+        time.sleep(0.2)
+    raise click.ClickException(f"the gateway at {admin_addr} is still running after {timeout:.0f}s")
 
 
 def _logging(level: str) -> None:

@@ -38,6 +38,7 @@ def _stop_workers(workers: list[subprocess.Popen[bytes]], grace: float) -> None:
 def run_dataplane(
     *, cp: str, token_file: Path, dataplane_file: Path, state_dir: Path | None, admin_addr: str,
     ca_file: Path | None, drain_timeout: float, workers: int = 1, follower: bool = False,
+    withdraw_delay: float = 1.0, gateway: bool = False,
 ) -> None:
     from dataplane.admin import serve_admin
     from dataplane.listeners import bind
@@ -52,6 +53,9 @@ def run_dataplane(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--dataplane-file") from None
     mesh, name = str(doc.get("mesh", "default")), str(doc["name"])
+    if gateway and not doc.get("spec", {}).get("gateway"):
+        raise click.BadParameter("a gateway's Dataplane names its MeshGateway in spec.gateway",
+                                 param_hint="--dataplane-file")
     state = state_dir or Path("/var/lib/meshcast/dataplanes") / mesh / name
     try:
         admin_host, admin_port = split_host_port(admin_addr, default_port=9901)
@@ -64,7 +68,7 @@ def run_dataplane(
 
     async def follow() -> None:
         sidecar = Sidecar(cp_url=cp, token=token, dataplane=doc, state_dir=state, cp_ssl_context=cp_ssl,
-                          workers=2, follower=True)
+                          workers=2, follower=True, withdraw_delay=withdraw_delay)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(sidecar.run)
@@ -80,7 +84,7 @@ def run_dataplane(
 
     async def main() -> None:
         sidecar = Sidecar(cp_url=cp, token=token, dataplane=doc, state_dir=state, cp_ssl_context=cp_ssl,
-                          workers=workers)
+                          workers=workers, withdraw_delay=withdraw_delay)
         try:
             admin_sock = bind(admin_host, admin_port)
         except OSError as exc:

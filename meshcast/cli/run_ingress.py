@@ -122,7 +122,7 @@ def _error_of(response: Any) -> str:
 def _admin_handler(routes: IngressRoutes, server: Any, registry: Any) -> Any:
     from dataplane.admin import json_response, metrics_response
 
-    def handle(target: str) -> Any:
+    def handle(method: str, target: str) -> Any:
         path = target.split("?", 1)[0]
         if path == "/ready":
             ready = routes.loaded and server.port != 0

@@ -145,18 +145,22 @@ class HttpProxy(Spec):
 
 class DataplaneSpec(Spec):
     address: Address
-    inbound: Annotated[list[Inbound], Field(min_length=1)]
+    inbound: list[Inbound] = Field(default_factory=list)
     outbound: list[Outbound] = Field(default_factory=list)
     http_proxy: HttpProxy | None = None
+    gateway: Name | None = None  # this dataplane is the edge gateway serving the MeshGateway of that name
 
     @property
     def services(self) -> list[str]:
-        return sorted({i.service for i in self.inbound})
+        """The identities this dataplane serves: its inbounds' services, and a gateway's own name."""
+        return sorted({i.service for i in self.inbound} | ({self.gateway} if self.gateway else set()))
 
 
 def _check_dataplane(resource: Resource) -> Iterable[Violation]:
     spec = resource.spec
     assert isinstance(spec, DataplaneSpec)
+    if not spec.inbound and spec.gateway is None:
+        yield Violation("spec.inbound", "at least one inbound is needed (or spec.gateway for an edge gateway)")
     seen = Counter((spec.address, i.port) for i in spec.inbound)
     for idx, inbound in enumerate(spec.inbound):
         if seen[(spec.address, inbound.port)] > 1:
@@ -241,5 +245,89 @@ MESH_LOAD_BALANCING_STRATEGY = register(
         name="MeshLoadBalancingStrategy", plural="meshloadbalancingstrategies", spec=MeshLoadBalancingStrategySpec,
         scope=Scope.MESH, sync=Sync.GLOBAL_TO_ZONES, aliases=("mlbs",), check=_check_failover,
         summary="how sidecars spread calls to a service over zones: locality first, failover order, threshold",
+    )
+)
+
+
+# --- MeshGateway ----------------------------------------------------------------------------------------------
+
+_HOST_PATTERN = re.compile(r"(\*\.)?" + _HOSTNAME.pattern[len("(?=.{1,253}$)"):])
+
+
+def _host_pattern(value: str) -> str:
+    if value != "*" and not _HOST_PATTERN.fullmatch(value):
+        raise ValueError(f"{value!r} is not a host name, '*.<domain>' or '*' (lowercase)")
+    return value
+
+
+HostPattern = Annotated[str, AfterValidator(_host_pattern)]
+
+
+def _path_prefix(value: str) -> str:
+    if not value.startswith("/") or any(c in value for c in " ?#\t\r\n"):
+        raise ValueError(f"{value!r} is not a path prefix: it starts with '/' and has no space, '?' or '#'")
+    return value
+
+
+class GatewayCertificate(Spec):
+    """A certificate chain and its key, from files on the gateway's host, served to clients naming one of `hosts`."""
+
+    hosts: Annotated[list[HostPattern], Field(min_length=1)]
+    cert_file: str
+    key_file: str
+
+
+class GatewayTls(Spec):
+    certificates: Annotated[list[GatewayCertificate], Field(min_length=1)]
+
+
+class GatewayListener(Spec):
+    port: Port
+    address: Address = "0.0.0.0"  # the region's anycast address, or every address
+    protocol: Literal["http", "https"] = "http"
+    tls: GatewayTls | None = None
+
+
+class RouteMatch(Spec):
+    hosts: list[HostPattern] = Field(default_factory=list)  # none: any host
+    path_prefix: Annotated[str, AfterValidator(_path_prefix)] = "/"
+    methods: list[Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]] = Field(default_factory=list)
+    headers: Annotated[dict[str, str], AfterValidator(_tags)] = Field(default_factory=dict)  # exact values
+
+
+class GatewayRoute(Spec):
+    match: RouteMatch = Field(default_factory=RouteMatch)
+    to: Name  # the mesh service
+
+
+class MeshGatewaySpec(Spec):
+    listeners: Annotated[list[GatewayListener], Field(min_length=1)]
+    routes: Annotated[list[GatewayRoute], Field(min_length=1)]
+
+
+def _check_gateway(resource: Resource) -> Iterable[Violation]:
+    spec = resource.spec
+    assert isinstance(spec, MeshGatewaySpec)
+    seen: set[tuple[str, int]] = set()
+    for index, listener in enumerate(spec.listeners):
+        where = f"spec.listeners[{index}]"
+        if (listener.address, listener.port) in seen:
+            yield Violation(f"{where}.port", f"port {listener.port} is used by another listener")
+        seen.add((listener.address, listener.port))
+        if listener.protocol == "https" and listener.tls is None:
+            yield Violation(f"{where}.tls", "an https listener needs tls.certificates")
+        if listener.protocol == "http" and listener.tls is not None:
+            yield Violation(f"{where}.tls", "an http listener takes no tls (use protocol: https)")
+    for index, route in enumerate(spec.routes):
+        for name in route.match.headers:
+            if name != name.lower():
+                yield Violation(f"spec.routes[{index}].match.headers.{name}", "header names are lowercase")
+
+
+MESH_GATEWAY = register(
+    ResourceType(
+        name="MeshGateway", plural="meshgateways", spec=MeshGatewaySpec, scope=Scope.MESH,
+        sync=Sync.GLOBAL_TO_ZONES, aliases=("gateway", "gateways", "mgw"), check=_check_gateway,
+        summary="an edge gateway: listeners (HTTP, HTTPS by SNI), routes by host, path, method and header to services",
     )
 )

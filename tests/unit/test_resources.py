@@ -51,7 +51,7 @@ def test_example_documents_parse() -> None:
         ("type: Dataplane\nname: web-1\nspec: {address: 127.0.0.1, inbound: [{port: '80', service: web}]}",
          "Dataplane web-1: spec.inbound[0].port: must be an integer"),
         ("type: Dataplane\nname: web-1\nspec: {address: 127.0.0.1, inbound: []}",
-         "Dataplane web-1: spec.inbound: must have at least 1 item after validation, not 0"),
+         "Dataplane web-1: spec.inbound: at least one inbound is needed (or spec.gateway for an edge gateway)"),
         ("type: Dataplane\nname: web-1\nspec: {address: 'not an ip!', inbound: [{port: 1, service: a}]}",
          "Dataplane web-1: spec.address: 'not an ip!' is not an IP address or a hostname"),
         ("type: Dataplane\nname: web-1\nspec: {address: 10.0.0.1, inbound: [{port: 1, service: a, protocol: udp}]}",
