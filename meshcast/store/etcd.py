@@ -456,7 +456,14 @@ class EtcdStore:
                     # etcd drops a login after --auth-token-ttl idle seconds (300 by default): log in again.
                     relogged = True
                     log.info("etcd: the login of %s expired, logging in again", self._username)
-                    old, self._client = self._client, await trio.to_thread.run_sync(self._new_client)
+                    try:
+                        fresh = await trio.to_thread.run_sync(self._new_client, abandon_on_cancel=True)
+                    except (*_TRANSIENT, *_CLIENT_ERRORS) as again:
+                        if _auth_problem(again) is not None:
+                            raise StoreUnauthorized(f"etcd at {self.endpoints} refused the login of "
+                                                    f"{self._username}: {_auth_problem(again)}") from None
+                        raise self._unavailable(what, again, attempt + 1) from None
+                    old, self._client = self._client, fresh
                     client = self._client
                     if old is not None:
                         await trio.to_thread.run_sync(_quietly, old.close, abandon_on_cancel=True)
