@@ -9,8 +9,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # etcd-server/etcd-client: the store and its tests; curl: real-client checks; iproute2: network namespaces.
 DEB_PACKAGES := etcd-server etcd-client curl iproute2 ca-certificates
-# Only `make test` needs these: h2load, a real HTTP/2 load generator, in the data-plane tests.
-TEST_PACKAGES := nghttp2-client
+# Only `make test` needs these: h2load, a real HTTP/2 load generator, in the data-plane tests; BIRD 2, the router
+# the anycast tests peer with (run in network namespaces only; no system service is used).
+TEST_PACKAGES := nghttp2-client bird2
 # Only `make bench` needs these: load generators and the reference proxies the sidecars are measured against.
 BENCH_PACKAGES := wrk nghttp2-client haproxy nginx-light
 PYTEST_ARGS ?=

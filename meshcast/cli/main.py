@@ -446,6 +446,92 @@ def dataplane_run(cp_url: str, log_level: str, **options: Any) -> None:
     run_dataplane(cp=cp_url, **options)
 
 
+@cli.group("bgp")
+def bgp_group() -> None:
+    """Anycast: ExaBGP with the speaker that announces the region's prefixes while its gateway is ready."""
+
+
+REGION_FILE = click.option("--region-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                           required=True, help="The region's BGP settings (YAML or JSON; see docs/anycast.md).")
+CHECK_REGIONS = click.option(
+    "--check-regions", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+    help="Directory with every region's settings: refuse a change that leaves a prefix announced by no primary region.")
+RETIRE = click.option("--retire", multiple=True, metavar="PREFIX",
+                      help="With --check-regions: a prefix meant to be announced by no region any more (repeat).")
+
+
+@bgp_group.command("config")
+@REGION_FILE
+@CHECK_REGIONS
+@RETIRE
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write exabgp.conf here (atomically) instead of printing it.")
+def bgp_config(region_file: Path, check_regions: Path | None, retire: tuple[str, ...], output: Path | None) -> None:
+    """Check the region's settings and render exabgp.conf."""
+    from meshcast.cli import run_bgp
+
+    run_bgp.config(region_file, check_regions, retire, output)
+
+
+@bgp_group.command("run")
+@REGION_FILE
+@CHECK_REGIONS
+@RETIRE
+@click.option("--exabgp", default=None, help="The exabgp program [default: beside this Python, else on PATH].")
+@click.option("--conf-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write exabgp.conf [default: STATE_DIR/REGION.exabgp.conf].")
+def bgp_run(region_file: Path, check_regions: Path | None, retire: tuple[str, ...], exabgp: str | None,
+            conf_file: Path | None) -> None:
+    """Render exabgp.conf and exec ExaBGP on it (foreground, same PID), which runs the speaker."""
+    from meshcast.cli import run_bgp
+
+    run_bgp.run(region_file, check_regions, retire, exabgp, conf_file)
+
+
+@bgp_group.command("status")
+@click.option("--region-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The region's settings (the status file is in its stateDir).")
+@click.option("--status-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The speaker's status file.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def bgp_status(region_file: Path | None, status_file: Path | None, output: str) -> None:
+    """What the speaker announces and why: last probes, damping state, ExaBGP's answers."""
+    from meshcast.cli import run_bgp
+
+    run_bgp.status(region_file, status_file, output)
+
+
+@bgp_group.command("drain")
+@click.option("--region-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--drain-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def bgp_drain(region_file: Path | None, drain_file: Path | None) -> None:
+    """Withdraw the region's prefixes whatever the gateway says, until `meshcast bgp undrain`."""
+    from meshcast.cli import run_bgp
+
+    run_bgp.drain(region_file, drain_file, True)
+
+
+@bgp_group.command("undrain")
+@click.option("--region-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--drain-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def bgp_undrain(region_file: Path | None, drain_file: Path | None) -> None:
+    """Lift a drain: the prefixes are announced again once the gateway is ready (rise)."""
+    from meshcast.cli import run_bgp
+
+    run_bgp.drain(region_file, drain_file, False)
+
+
+@bgp_group.command("speaker")
+@REGION_FILE
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+def bgp_speaker(region_file: Path, log_level: str) -> None:
+    """The program ExaBGP runs as its `process` (text API on stdin/stdout); exits when ExaBGP closes stdin."""
+    from meshcast.cli import run_bgp
+
+    _logging(log_level)
+    run_bgp.speaker(region_file)
+
+
 @cli.group("gateway")
 def gateway_group() -> None:
     """The edge gateway: the data-plane proxy serving a MeshGateway on the region's anycast addresses."""
@@ -466,7 +552,7 @@ def gateway_group() -> None:
               help="CA to verify an https control plane.")
 @click.option("--drain-timeout", type=float, default=30.0, show_default=True,
               help="Seconds to let requests in flight finish once draining.")
-@click.option("--withdraw-delay", type=float, default=1.0, show_default=True,
+@click.option("--withdraw-delay", type=float, default=2.0, show_default=True,
               help="Seconds between turning unready (the BGP speaker withdraws) and closing the listeners.")
 @click.option("--workers", type=int, default=os.cpu_count() or 1, show_default="one per core",
               help="Processes sharing the listeners (SO_REUSEPORT).")

@@ -1,0 +1,208 @@
+"""The speaker's IO loop against a fake ExaBGP (pipes) and a readiness server on loopback: no BGP daemon."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import bgp.speaker
+from bgp.settings import parse_region
+from bgp.speaker import Speaker, probe_ready
+
+
+@dataclass
+class Gateway:
+    """A readiness endpoint: `mode` is "200", "503", "hang" or "close" (accept, then close without answering)."""
+
+    mode: str = "200"
+    port: int = 0
+    requests: int = 0
+
+
+async def _serve(gateway: Gateway, stream: trio.SocketStream) -> None:
+    gateway.requests += 1
+    async with stream:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return
+            data += chunk
+        if gateway.mode == "hang":
+            await trio.sleep_forever()
+        if gateway.mode == "close":
+            return
+        status = 200 if gateway.mode == "200" else 503
+        await stream.send_all(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
+
+
+@asynccontextmanager
+async def gateway_running() -> AsyncIterator[Gateway]:
+    gateway = Gateway()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"),
+                                        lambda s: _serve(gateway, s), 0)
+        gateway.port = listeners[0].socket.getsockname()[1]
+        yield gateway
+        nursery.cancel_scope.cancel()
+
+
+@dataclass
+class FakeExaBGP:
+    """Our side of the speaker's pipes: reads its commands, answers them (`done` unless told otherwise)."""
+
+    to_speaker: trio.lowlevel.FdStream
+    from_speaker: trio.lowlevel.FdStream
+    commands: list[str] = field(default_factory=list)
+    refuse: set[int] = field(default_factory=set)  # indexes of commands to answer `error`
+    _buffer: bytes = b""
+
+    async def run(self) -> None:
+        try:
+            while True:
+                data = await self.from_speaker.receive_some(4096)
+                if not data:
+                    return
+                self._buffer += data
+                while b"\n" in self._buffer:
+                    line, self._buffer = self._buffer.split(b"\n", 1)
+                    self.commands.append(line.decode())
+                    answer = b"error\n" if len(self.commands) - 1 in self.refuse else b"done\n"
+                    await self.to_speaker.send_all(answer)
+        except trio.ClosedResourceError:
+            return  # the test closed the speaker's stdin
+
+    async def wait_for(self, predicate: Any, within: float = 5.0) -> None:
+        deadline = trio.current_time() + within
+        while not predicate(self.commands):  # polled: commands arrive from another task's reads
+            if trio.current_time() > deadline:
+                raise AssertionError(f"commands so far: {self.commands}")
+            await trio.sleep(0.01)
+
+
+def region(tmp_path: Path, port: int, **changes: Any) -> Any:
+    doc: dict[str, Any] = {
+        "region": "eu-west", "routerId": "10.255.1.2", "localAs": 65001, "prefixes": ["198.51.100.1/32"],
+        "peers": [{"address": "10.255.1.1", "as": 65000}],
+        "attributes": {"med": 100},
+        "readiness": {"url": f"http://127.0.0.1:{port}/ready", "interval": 0.1, "timeout": 0.09},
+        "stateDir": str(tmp_path),
+    }
+    doc.update(changes)
+    return parse_region(doc)
+
+
+@asynccontextmanager
+async def speaker_running(settings: Any) -> AsyncIterator[tuple[FakeExaBGP, trio.Event]]:
+    """Runs the speaker on pipes; closing our end of its stdin (as a dying ExaBGP would) must end it."""
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    fake = FakeExaBGP(trio.lowlevel.FdStream(stdin_w), trio.lowlevel.FdStream(stdout_r))
+    finished = trio.Event()
+
+    async def speak(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await Speaker(settings, stdin_fd=stdin_r, stdout_fd=stdout_w).run(task_status=task_status)
+        finished.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(speak)
+        os.close(stdin_r)  # the speaker holds its own duplicates
+        os.close(stdout_w)
+        nursery.start_soon(fake.run)
+        yield fake, finished
+        await fake.to_speaker.aclose()
+        with trio.fail_after(3):
+            await finished.wait()
+        await fake.from_speaker.aclose()
+
+
+ANNOUNCE = "neighbor 10.255.1.1 announce route 198.51.100.1/32 next-hop self med 100 as-path [ 65001 ]"
+WITHDRAW = "neighbor 10.255.1.1 withdraw route 198.51.100.1/32 next-hop self"
+
+
+async def test_announces_when_ready_withdraws_when_not_and_exits_when_stdin_closes(tmp_path: Path) -> None:
+    async with gateway_running() as gw, speaker_running(region(tmp_path, gw.port)) as (fake, finished):
+        await fake.wait_for(lambda c: c == [ANNOUNCE])
+        status = json.loads((tmp_path / "eu-west.status.json").read_text())
+        assert status["announced"] is True and status["state"] == "announced"
+        assert status["attributes"]["asPath"] == {"10.255.1.1": [65001]}
+        gw.mode = "503"
+        await fake.wait_for(lambda c: c == [ANNOUNCE, WITHDRAW])
+        gw.mode = "200"
+        await fake.wait_for(lambda c: c == [ANNOUNCE, WITHDRAW, ANNOUNCE])
+        await trio.sleep(0.1)  # for our `done` to reach the speaker
+    assert finished.is_set()
+    status = json.loads((tmp_path / "eu-west.status.json").read_text())
+    assert status["running"] is False and status["exabgp"]["pendingAcks"] == 0
+    assert [h["action"] for h in status["history"]] == ["announce", "withdraw", "announce"]
+
+
+@pytest.mark.parametrize("mode", ["hang", "close"])
+async def test_a_gateway_that_does_not_answer_is_unready(tmp_path: Path, mode: str) -> None:
+    async with gateway_running() as gw, speaker_running(region(tmp_path, gw.port)) as (fake, _):
+        await fake.wait_for(lambda c: c == [ANNOUNCE])
+        gw.mode = mode
+        await fake.wait_for(lambda c: c == [ANNOUNCE, WITHDRAW])
+
+
+async def test_drain_file_withdraws_regardless(tmp_path: Path) -> None:
+    async with gateway_running() as gw, speaker_running(region(tmp_path, gw.port)) as (fake, _):
+        await fake.wait_for(lambda c: c == [ANNOUNCE])
+        (tmp_path / "eu-west.drain").write_text("")
+        await fake.wait_for(lambda c: c == [ANNOUNCE, WITHDRAW], within=2.0)
+        status = json.loads((tmp_path / "eu-west.status.json").read_text())
+        assert status["state"] == "drained" and status["drained"] is True
+        (tmp_path / "eu-west.drain").unlink()
+        await fake.wait_for(lambda c: c == [ANNOUNCE, WITHDRAW, ANNOUNCE])
+
+
+async def test_refused_command_is_resent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bgp.speaker, "RESYNC_EVERY", 0.1)
+    async with gateway_running() as gw, speaker_running(region(tmp_path, gw.port)) as (fake, _):
+        fake.refuse = {0}
+        await fake.wait_for(lambda c: c == [ANNOUNCE, ANNOUNCE])
+        status = json.loads((tmp_path / "eu-west.status.json").read_text())
+        assert status["exabgp"]["errors"] == 1 and status["exabgp"]["lastError"] == ANNOUNCE
+
+
+async def test_graceful_restart_sends_end_of_rib_after_deciding(tmp_path: Path) -> None:
+    async with gateway_running() as gw:
+        settings = region(tmp_path, gw.port, gracefulRestart=5)
+        async with speaker_running(settings) as (fake, _):
+            await fake.to_speaker.send_all(b"neighbor 10.255.1.1 up\n")
+            await fake.wait_for(lambda c: len(c) >= 2)
+            assert fake.commands[:2] == [ANNOUNCE, "neighbor 10.255.1.1 announce eor ipv4 unicast"]
+            await fake.to_speaker.send_all(b"neighbor 10.255.1.1 down - hold timer expired\n")
+            await trio.sleep(0.1)
+            status = json.loads((tmp_path / "eu-west.status.json").read_text())
+            assert status["sessions"] == {"10.255.1.1": "down: hold timer expired"}
+
+
+async def test_shutdown_message_ends_the_speaker(tmp_path: Path) -> None:
+    async with gateway_running() as gw, speaker_running(region(tmp_path, gw.port)) as (fake, finished):
+        await fake.wait_for(lambda c: ANNOUNCE in c)  # a loaded machine may also see a probe time out
+        await fake.to_speaker.send_all(b"shutdown 1 2\n")
+        with trio.fail_after(2):
+            await finished.wait()
+
+
+async def test_probe_results() -> None:
+    async with gateway_running() as gw:
+        ok = await probe_ready("127.0.0.1", gw.port, "/ready", 1)
+        assert ok.ok and ok.detail == "HTTP 200"
+        gw.mode = "503"
+        assert (await probe_ready("127.0.0.1", gw.port, "/ready", 1)).detail == "HTTP 503"
+        gw.mode = "hang"
+        result = await probe_ready("127.0.0.1", gw.port, "/ready", 0.05)
+        assert not result.ok and result.detail == "no answer within 50 ms"
+    refused = await probe_ready("127.0.0.1", 1, "/ready", 0.5)
+    assert not refused.ok and refused.detail.startswith("cannot connect")
