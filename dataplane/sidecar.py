@@ -52,6 +52,8 @@ from meshcast.wire.leanio import LeanSocketStream, open_lean_tcp_stream
 
 log = logging.getLogger("meshcast.dataplane")
 
+FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto"})  # set by the edge gateway, never by its clients
+
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_ATTEMPTS = 3
 HTTP_FAMILY = frozenset({"http", "http2", "grpc"})
@@ -287,12 +289,19 @@ class Sidecar:
             is_h2 = alpn == "h2"
             if alpn is None:
                 is_h2, first = await sniff_h2(downstream)
+            # The edge says who the client is and how it came; what the client claimed about that is dropped.
+            try:
+                client_ip = str(stream.socket.getpeername()[0]).encode()
+            except OSError:
+                client_ip = b"unknown"
+            forwarded = [(b"x-forwarded-for", client_ip),
+                         (b"x-forwarded-proto", b"https" if spec.protocol == "https" else b"http")]
             if is_h2:
-                await self._serve_h2(downstream, first, self._gateway_route_h2)
+                await H2Proxy(downstream, self._gateway_route_h2, drop=FORWARDED, add=forwarded,
+                              live=self.h2_serving, initial=first).serve()
             elif first or alpn is not None:
-                proto = b"https" if spec.protocol == "https" else b"http"
-                proxy = Http1Proxy(downstream, self._gateway_route, initial=first,
-                                   add=lambda request: ((b"x-forwarded-proto", proto),))
+                proxy = Http1Proxy(downstream, self._gateway_route, initial=first, drop=FORWARDED,
+                                   add=lambda request: forwarded)
                 self.http1_serving.add(proxy)
                 try:
                     await proxy.serve()

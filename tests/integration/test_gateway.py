@@ -104,6 +104,10 @@ def test_http_routes_by_host_path_method_and_header(edge: dict[str, Any]) -> Non
     answer = json.loads(curl("-H", "host: shop.example.com", f"{url}/api/orders?x=1").stdout)
     assert answer["server"] == "backend-1" and answer["path"] == "/api/orders?x=1"
     assert answer["source"] == ["spiffe://default/edge"]  # mTLS from the gateway's own identity
+    # The edge says who the client is; what the client claimed is dropped.
+    spoofed = json.loads(curl("-H", "host: shop.example.com", "-H", "x-forwarded-for: 203.0.113.9",
+                              "-H", "x-forwarded-proto: https", f"{url}/api").stdout)
+    assert spoofed["forwardedFor"] == ["127.0.0.1"] and spoofed["forwardedProto"] == ["http"]
     assert json.loads(curl("-H", "host: shop.example.com", "-H", "x-env: canary", f"{url}/api")
                       .stdout)["server"] == "canary-1"
     assert json.loads(curl("-H", "host: a.b.example.org", f"{url}/anything").stdout)["server"] == "web-1"
@@ -123,7 +127,9 @@ def test_https_picks_the_certificate_by_sni_and_speaks_http2(edge: dict[str, Any
                       *(["--http2"] if http2 else ["--http1.1"]), f"https://{host}:{port}{path}")
         body, version = result.stdout.rsplit("\n", 1)
         assert result.returncode == 0, result.stderr
-        assert json.loads(body)["server"] == server and version == ("2" if http2 else "1.1")
+        answer = json.loads(body)
+        assert answer["server"] == server and version == ("2" if http2 else "1.1")
+        assert answer["forwardedProto"] == ["https"] and answer["forwardedFor"] == ["127.0.0.1"]
 
 
 def test_readiness_reports_the_gateway(edge: dict[str, Any]) -> None:

@@ -40,6 +40,8 @@ class EchoHandler(BaseHTTPRequestHandler):
         payload = json.dumps({
             "method": self.command, "path": self.path, "bodyLength": len(body),
             "source": self.headers.get_all("x-meshcast-source"), "server": self.server.name,  # type: ignore[attr-defined]
+            "forwardedFor": self.headers.get_all("x-forwarded-for"),
+            "forwardedProto": self.headers.get_all("x-forwarded-proto"),
         }).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
