@@ -309,9 +309,31 @@ def build_app(cp: ZoneControlPlane) -> FastAPI:
     return app
 
 
+def _contain_connection_errors() -> None:
+    """One client connection must never take the API down. hypercorn's trio server runs every connection in the
+    listeners' nursery, so an exception from its protocol code (seen: a KeyError in its HTTP/2 handling for an event
+    on a stream it had already dropped, when a sidecar's deregistration raced its own shutdown) ended the whole zone
+    CP. Wrap its per-connection task: log such an error and close that connection only."""
+    from hypercorn.trio import tcp_server
+
+    if getattr(tcp_server.TCPServer.run, "_meshcast_contained", False):
+        return
+    original = tcp_server.TCPServer.run
+
+    async def run(self: Any) -> None:
+        try:
+            await original(self)
+        except Exception as exc:  # every error of one connection, logged, the server serving on
+            log.warning("API connection failed in the HTTP server, closed alone: %r", exc)
+
+    run._meshcast_contained = True  # type: ignore[attr-defined]
+    tcp_server.TCPServer.run = run  # type: ignore[method-assign]
+
+
 async def serve_api(
     cp: ZoneControlPlane, sock: socket.socket, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
+    _contain_connection_errors()
     config = HypercornConfig()
     config.bind = [f"fd://{sock.fileno()}"]
     config.accesslog = None
