@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class MeshcastError(Exception):
@@ -92,3 +93,12 @@ class StoreUnauthorized(MeshcastError):
     """
 
     http_status = 500
+
+
+def api_error_message(response: Any) -> str:
+    """The one-line reason in a control plane API error answer (`{"error": ...}`), or its text, for any client
+    response object with `.json()`, `.text` and `.reason_phrase` (httpx)."""
+    try:
+        return str(response.json().get("error") or response.text)
+    except ValueError:
+        return str(response.text.strip() or response.reason_phrase)

@@ -13,7 +13,7 @@ import logging
 
 import trio
 
-from meshcast.errors import MeshcastError
+from meshcast.errors import MeshcastError, api_error_message
 from meshcast.pki import _files
 from zone_cp.config import ZoneCPConfig
 
@@ -42,9 +42,9 @@ async def join_global(config: ZoneCPConfig) -> tuple[str | None, str | None]:
                 continue
             if response.status_code in (400, 401, 403):
                 raise MeshcastError(f"the global control plane refused zone {config.zone}'s token: "
-                                    f"{_error_of(response)} (HTTP {response.status_code})")
+                                    f"{api_error_message(response)} (HTTP {response.status_code})")
             if response.status_code != 200:
-                problem = f"{_error_of(response)} (HTTP {response.status_code})"
+                problem = f"{api_error_message(response)} (HTTP {response.status_code})"
                 await trio.sleep(0.2 * 2**attempt)
                 continue
             body = response.json()
@@ -61,10 +61,3 @@ async def join_global(config: ZoneCPConfig) -> tuple[str | None, str | None]:
                             "no saved credentials to start from") from None
     log.warning("global control plane at %s: %s; using the saved credentials", config.global_cp, problem)
     return body.get("etcdUser"), body.get("etcdPassword")
-
-
-def _error_of(response: object) -> str:
-    try:
-        return str(response.json().get("error"))  # type: ignore[attr-defined]
-    except ValueError:
-        return str(response.text).strip()  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 
 import meshcast
-from meshcast.errors import MeshcastError
+from meshcast.errors import MeshcastError, api_error_message
 
 DEFAULT_CP = "http://127.0.0.1:5681"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,11 +40,7 @@ class Context:
         with _reaching(self.cp):
             response = httpx.request(method, self.cp + path, timeout=30, verify=self.verify, **kwargs)
         if response.status_code >= 400:
-            try:
-                message = response.json().get("error") or response.text
-            except ValueError:
-                message = response.text.strip() or response.reason_phrase
-            raise click.ClickException(f"{message} (HTTP {response.status_code})")
+            raise click.ClickException(f"{api_error_message(response)} (HTTP {response.status_code})")
         return response.json() if response.content else None
 
 

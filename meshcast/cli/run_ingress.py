@@ -24,6 +24,8 @@ from typing import Any
 import click
 import trio
 
+from meshcast.errors import api_error_message
+
 log = logging.getLogger("meshcast.ingress")
 
 POLL_TIMEOUT = 30.0  # the CP answers within 20 s when nothing changes
@@ -98,9 +100,10 @@ async def follow_control_plane(routes: IngressRoutes, cp: str, token: str, adver
                 continue
             if response.status_code in (401, 403):
                 raise click.ClickException(f"the zone control plane refused the ingress token: "
-                                           f"{_error_of(response)} (HTTP {response.status_code})")
+                                           f"{api_error_message(response)} (HTTP {response.status_code})")
             if response.status_code != 200:
-                routes.connected, routes.last_error = False, f"{_error_of(response)} (HTTP {response.status_code})"
+                problem = f"{api_error_message(response)} (HTTP {response.status_code})"
+                routes.connected, routes.last_error = False, problem
                 log.warning("control plane answered %s; retrying in %.1fs", routes.last_error, backoff)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -110,13 +113,6 @@ async def follow_control_plane(routes: IngressRoutes, cp: str, token: str, adver
             if not routes.connected or routes.count() != before:
                 log.info("routing %d service(s) (generation %s)", routes.count(), routes.generation)
             routes.connected, routes.last_error, backoff = True, None, 0.1
-
-
-def _error_of(response: Any) -> str:
-    try:
-        return str(response.json().get("error") or response.text)
-    except ValueError:
-        return str(response.text.strip() or response.reason_phrase)
 
 
 def _admin_handler(routes: IngressRoutes, server: Any, registry: Any) -> Any:
