@@ -65,6 +65,12 @@ class FakeExaBGP:
     commands: list[str] = field(default_factory=list)
     refuse: set[int] = field(default_factory=set)  # indexes of commands to answer `error`
     _buffer: bytes = b""
+    _sending: trio.Lock = field(default_factory=trio.Lock)
+
+    async def send(self, data: bytes) -> None:
+        """Every write to the speaker goes through here: the answers and a test's own messages may overlap."""
+        async with self._sending:
+            await self.to_speaker.send_all(data)
 
     async def run(self) -> None:
         try:
@@ -77,7 +83,7 @@ class FakeExaBGP:
                     line, self._buffer = self._buffer.split(b"\n", 1)
                     self.commands.append(line.decode())
                     answer = b"error\n" if len(self.commands) - 1 in self.refuse else b"done\n"
-                    await self.to_speaker.send_all(answer)
+                    await self.send(answer)
         except trio.ClosedResourceError:
             return  # the test closed the speaker's stdin
 
@@ -178,10 +184,10 @@ async def test_graceful_restart_sends_end_of_rib_after_deciding(tmp_path: Path) 
     async with gateway_running() as gw:
         settings = region(tmp_path, gw.port, gracefulRestart=5)
         async with speaker_running(settings) as (fake, _):
-            await fake.to_speaker.send_all(b"neighbor 10.255.1.1 up\n")
+            await fake.send(b"neighbor 10.255.1.1 up\n")
             await fake.wait_for(lambda c: len(c) >= 2)
             assert fake.commands[:2] == [ANNOUNCE, "neighbor 10.255.1.1 announce eor ipv4 unicast"]
-            await fake.to_speaker.send_all(b"neighbor 10.255.1.1 down - hold timer expired\n")
+            await fake.send(b"neighbor 10.255.1.1 down - hold timer expired\n")
             await trio.sleep(0.1)
             status = json.loads((tmp_path / "eu-west.status.json").read_text())
             assert status["sessions"] == {"10.255.1.1": "down: hold timer expired"}
@@ -190,7 +196,7 @@ async def test_graceful_restart_sends_end_of_rib_after_deciding(tmp_path: Path) 
 async def test_shutdown_message_ends_the_speaker(tmp_path: Path) -> None:
     async with gateway_running() as gw, speaker_running(region(tmp_path, gw.port)) as (fake, finished):
         await fake.wait_for(lambda c: ANNOUNCE in c)  # a loaded machine may also see a probe time out
-        await fake.to_speaker.send_all(b"shutdown 1 2\n")
+        await fake.send(b"shutdown 1 2\n")
         with trio.fail_after(2):
             await finished.wait()
 
