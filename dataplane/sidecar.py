@@ -210,18 +210,24 @@ class Sidecar:
         self.draining = True
         if self.is_gateway and self.withdraw_delay > 0:
             # Unready first: the BGP speaker withdraws the region's prefixes, and new connections stop arriving
-            # here before the listeners close.
+            # here before the listeners close. Connections already open are told to go now, not after the
+            # withdraw: once the route points at another region, a request sent on a connection kept open to
+            # this one would reach a region that knows no such connection, and be reset there.
+            self._tell_connections_to_go()
             log.info("gateway unready: waiting %.1fs for the route to be withdrawn", self.withdraw_delay)
             await trio.sleep(self.withdraw_delay)
         if self.listeners is not None:
             self.listeners.stop_all()
+        self._tell_connections_to_go()
+        with trio.move_on_after(grace):
+            await self._idle.wait()
+        return self.in_flight == 0
+
+    def _tell_connections_to_go(self) -> None:
         for conn in self.h2_serving:
             conn.goaway()  # HTTP/2 clients open no new streams here; those open finish
         for proxy in self.http1_serving:
             proxy.go_away()  # HTTP/1.1: the next response says Connection: close; idle connections close now
-        with trio.move_on_after(grace):
-            await self._idle.wait()
-        return self.in_flight == 0
 
     def _begin(self, direction: str) -> None:
         self.in_flight += 1
@@ -303,6 +309,8 @@ class Sidecar:
                 proxy = Http1Proxy(downstream, self._gateway_route, initial=first, drop=FORWARDED,
                                    add=lambda request: forwarded)
                 self.http1_serving.add(proxy)
+                if self.draining:
+                    proxy.go_away()  # accepted while the route is being withdrawn: one request, then close
                 try:
                     await proxy.serve()
                 finally:

@@ -17,13 +17,15 @@ stamped with `time.monotonic()` (one clock for every namespace), which the test 
 
 Times are printed as `TIMING ...` lines (`pytest -rP`); nothing asserts on them.
 
-Known limit (open against issue 5's "a drain loses no request"): a route change breaks TCP connections in flight
+Known limit (issue 5, "a drain loses no request"): a route change breaks TCP connections in flight
 across it. Once the router points at B, the client's next packets of a connection A accepted (its request, or the
 ACK of the first segment of A's answer) reach B, which knows no such connection and resets it; the drain cannot
 help, since A never sees those packets. Measured here before the backend answered in one write: the drain test
 lost 1-3 of ~200 requests in 3 runs out of 11, the restore 1 request in 1 run out of 11, each in flight at the route
-change; since the backend answers in one write (the gateway then sends one segment), none in 6 runs: the window
-is narrower, not closed. So the drain and restore tests assert that no other request fails (refused, reset by the
+change; since the backend answers in one write (the gateway then sends one segment) and the drain tells open
+connections to go before the withdraw (none stays open across the route change), none in 7 runs: the window is
+a connection opened to A an instant before the route moves, whose request then reaches B.
+So the drain and restore tests assert that no other request fails (refused, reset by the
 draining gateway, 5xx, timed out) and print how many in-flight ones the route change reset; making those zero needs
 a client that retries an idempotent request on such a reset, or flows that stay on A after the withdraw (not in
 Meshcast today).

@@ -142,6 +142,7 @@ def test_drain_under_load_fails_no_accepted_request(edge: dict[str, Any]) -> Non
     port = edge["ports"]["http"]
     ok: list[int] = []
     failed: list[str] = []
+    told_to_go: list[int] = []  # responses that said `Connection: close`
     refused = threading.Event()  # the listener is gone: a real client's traffic is routed elsewhere by then
     stop = threading.Event()
 
@@ -157,6 +158,7 @@ def test_drain_under_load_fails_no_accepted_request(edge: dict[str, Any]) -> Non
                 response.read()
                 (ok if response.status == 200 else failed).append(response.status)  # type: ignore[arg-type]
                 if response.getheader("connection", "").lower() == "close":
+                    told_to_go.append(1)
                     conn.close()
                     conn = None
             except ConnectionRefusedError:
@@ -185,5 +187,9 @@ def test_drain_under_load_fails_no_accepted_request(edge: dict[str, Any]) -> Non
         for worker in workers:
             worker.join()
     assert len(ok) > before and not failed, failed
+    # Told to go from the start of the drain, not only once the listener closed: every connection accepted during
+    # the withdraw delay served one request and closed (more than one per worker), so none is left open across
+    # the route change.
+    assert len(told_to_go) > len(workers), told_to_go
     assert edge["gateway"].proc.wait(timeout=10) == 0
     assert "draining" in edge["gateway"].log_path.read_text()
