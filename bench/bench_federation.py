@@ -64,7 +64,8 @@ def _dp(name: str, service: str, port: int, outbound: list[str], tags: dict[str,
 
 def _policy(threshold: int) -> dict[str, Any]:
     return {"type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "backend-lb",
-            "spec": {"to": "backend", "localityAwareness": {"crossZone": {"failoverThreshold": threshold}}}}
+            "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                             "default": {"localityAwareness": {"crossZone": {"failoverThreshold": threshold}}}}]}}
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -28,12 +28,12 @@ import meshcast
 from meshcast.errors import Forbidden, MeshcastError, ValidationError, Violation
 from meshcast.pki import INGRESS, ZONE
 from meshcast.resources import Resource, lookup_type, parse_resource
-from meshcast.resources.duration import parse_duration
 from meshcast.resources.model import Scope as ResourceScope
 from meshcast.wire.configstream import (
     CONTENT_TYPE,
     encode_message,
 )
+from meshcast.wire.duration import parse_duration
 from zone_cp.control_plane import ZoneControlPlane
 
 log = logging.getLogger("meshcast.zone_cp.api")
@@ -186,6 +186,11 @@ def build_app(cp: ZoneControlPlane) -> FastAPI:
     @app.get("/v1/inspect/dataplanes", summary="Dataplanes with their health and config-stream status")
     async def inspect_dataplanes(mesh: str | None = None) -> list[dict[str, Any]]:
         return cp.inspect_dataplanes(mesh)
+
+    @app.get("/v1/inspect/dataplanes/{mesh}/{name}",
+             summary="One dataplane: its status and the policies in force there, with where each came from")
+    async def inspect_dataplane(mesh: str, name: str) -> dict[str, Any]:
+        return cp.inspect_dataplane(mesh, name)
 
     @app.get("/v1/inspect/zones", summary="Zones with their status (global control plane)")
     async def inspect_zones() -> list[dict[str, Any]]:

@@ -98,7 +98,8 @@ class ZoneControlPlane:
         self.config = config
         self.store = store
         self.metrics = ZoneMetrics(registry or CollectorRegistry())
-        self.inventory = Inventory(zone=config.zone, heartbeat_interval=config.heartbeat_interval)
+        self.inventory = Inventory(zone=config.zone, heartbeat_interval=config.heartbeat_interval,
+                                   policy_origin="global" if config.role == "zone" else "local")
         self.health = HealthTracker(timeout=config.heartbeat_timeout)
         self.cas: Any = CertificateAuthorities(config.state_dir)
         if config.role == "zone":  # intermediates signed by the mesh root at the global CP
@@ -551,6 +552,28 @@ class ZoneControlPlane:
                 }
             )
         return out
+
+    def inspect_dataplane(self, mesh: str, name: str) -> dict[str, Any]:
+        """One dataplane: its status and the policies in force there, each with the policies it came from."""
+        effective = self.inventory.effective(mesh, name)
+        found = [dp for dp in self.inspect_dataplanes(mesh) if dp["name"] == name]
+        if effective is None or not found:
+            raise NotFound(f"dataplane {mesh}/{name} is not registered")
+        rows = []
+        for where, confs in [*(("outbound " + s, c) for s, c in sorted(effective.outbound.items())),
+                             *(("inbound " + s, c) for s, c in sorted(effective.inbound.items()))]:
+            for kind, conf in confs.items():
+                if where.startswith("inbound"):
+                    for caller, settings in conf.items():
+                        rows.append({"where": f"{where} from {caller}", "kind": kind, "settings": settings,
+                                     "from": effective.sources.get(f"{where} {kind} from {caller}", [])})
+                else:
+                    rows.append({"where": where, "kind": kind, "settings": conf,
+                                 "from": effective.sources.get(f"{where} {kind}", [])})
+        for kind, conf in effective.proxy.items():
+            rows.append({"where": "proxy", "kind": kind, "settings": conf,
+                         "from": effective.sources.get(f"proxy {kind}", [])})
+        return {**found[0], "policies": rows}
 
 
 def _token_issuer(directory: Path) -> TokenIssuer:

@@ -9,16 +9,19 @@ O(N x outbounds), not O(N²).
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshcast.policies.resolve import POLICY_KINDS, Effective, Policy, backend_services, resolve
+from meshcast.policies.targetref import ProxyFacts
 from meshcast.resources import Resource
-from meshcast.resources.duration import format_duration
-from meshcast.resources.types import DataplaneSpec, MeshGatewaySpec, MeshLoadBalancingStrategySpec, MeshSpec
+from meshcast.resources.types import DataplaneSpec, MeshGatewaySpec, MeshSpec
 from meshcast.store import EventKind, ResourceChanged
+from meshcast.wire.duration import format_duration
 from meshcast.wire.sni import service_sni
 
 DPKey = tuple[str, str]  # (mesh, name)
@@ -36,8 +39,11 @@ class RemoteService:
 
 
 class Inventory:
-    def __init__(self, *, zone: str = "", heartbeat_interval: float = 2.0) -> None:
+    def __init__(self, *, zone: str = "", heartbeat_interval: float = 2.0, policy_origin: str = "local") -> None:
+        """`policy_origin`: where this zone's policies come from, shown by `meshcast inspect dataplane`
+        ("global" when the zone is federated, "local" when it is standalone)."""
         self.zone = zone
+        self.policy_origin = policy_origin
         self.heartbeat_interval = heartbeat_interval
         self.meshes: dict[str, MeshSpec] = {}
         self.dataplanes: dict[DPKey, Resource] = {}
@@ -46,18 +52,19 @@ class Inventory:
         self.changed_at: dict[int, float] = {0: time.monotonic()}
         self._index: dict[str, dict[str, list[dict[str, Any]]]] | None = None
         self._protocols: dict[tuple[str, str], str] | None = None
-        # Federation: load-balancing policies, and what the other zones offer through their ingresses.
-        self.lb_policies: dict[DPKey, MeshLoadBalancingStrategySpec] = {}
+        # Policies by (mesh, kind, name); gateways; what the other zones offer through their ingresses.
+        self.policies: dict[tuple[str, str, str], Policy] = {}
         self.gateways: dict[DPKey, MeshGatewaySpec] = {}
         self.remote: dict[tuple[str, str], list[RemoteService]] = {}
-        self._upstreams: dict[tuple[str, str], tuple[list[dict[str, Any]], float]] = {}
+        self._upstreams: dict[tuple[str, str, str], tuple[list[dict[str, Any]], float]] = {}
+        self._effective: dict[DPKey, Effective] = {}
 
     # --- feeding ---------------------------------------------------------------------------------------------
 
     def reset(self, resources: Iterable[Resource]) -> None:
         self.meshes.clear()
         self.dataplanes.clear()
-        self.lb_policies.clear()
+        self.policies.clear()
         self.gateways.clear()
         for resource in resources:
             self._put(resource)
@@ -65,7 +72,7 @@ class Inventory:
 
     def apply(self, event: ResourceChanged) -> bool:
         """Apply one store change; True when it can change some sidecar's snapshot."""
-        if event.type not in ("Mesh", "Dataplane", "MeshLoadBalancingStrategy", "MeshGateway"):
+        if event.type not in ("Mesh", "Dataplane", "MeshGateway") and event.type not in POLICY_KINDS:
             return False
         if event.kind is EventKind.DELETED:
             if event.type == "Mesh":
@@ -75,7 +82,7 @@ class Inventory:
             elif event.type == "MeshGateway":
                 self.gateways.pop((event.mesh, event.name), None)
             else:
-                self.lb_policies.pop((event.mesh, event.name), None)
+                self.policies.pop((event.mesh, event.type, event.name), None)
         elif event.resource is not None:
             self._put(event.resource)
         self._bump()
@@ -96,12 +103,11 @@ class Inventory:
             self.meshes[resource.name] = resource.spec
         elif resource.type == "Dataplane":
             self.dataplanes[(resource.mesh, resource.name)] = resource
-        elif resource.type == "MeshLoadBalancingStrategy":
-            assert isinstance(resource.spec, MeshLoadBalancingStrategySpec)
-            self.lb_policies[(resource.mesh, resource.name)] = resource.spec
         elif resource.type == "MeshGateway":
             assert isinstance(resource.spec, MeshGatewaySpec)
             self.gateways[(resource.mesh, resource.name)] = resource.spec
+        elif resource.type in POLICY_KINDS:
+            self.policies[(resource.mesh, resource.type, resource.name)] = Policy.of(resource, self.policy_origin)
 
     def touch(self) -> None:
         """Something outside the store changed what sidecars or the zone's publication should see."""
@@ -132,6 +138,7 @@ class Inventory:
         self._index = None
         self._protocols = None
         self._upstreams = {}
+        self._effective = {}
 
     def change_time(self, generation: int) -> float:
         return self.changed_at.get(generation) or min(self.changed_at.values())
@@ -159,39 +166,60 @@ class Inventory:
             self._protocols = {key: next(iter(p)) if len(p) == 1 else "tcp" for key, p in found.items()}
         return self._protocols.get((mesh, service), "tcp")
 
-    def lb_policy(self, mesh: str, service: str) -> MeshLoadBalancingStrategySpec | None:
-        """The MeshLoadBalancingStrategy for calls to `service`: one naming it beats one for '*'; among equals,
-        the first by name."""
-        best: tuple[int, str, MeshLoadBalancingStrategySpec] | None = None
-        for (policy_mesh, name), spec in self.lb_policies.items():
-            if policy_mesh != mesh or spec.to not in (service, "*"):
-                continue
-            rank = (0 if spec.to == service else 1, name)
-            if best is None or rank < best[:2]:
-                best = (*rank, spec)
-        return best[2] if best is not None else None
+    def effective(self, mesh: str, name: str) -> Effective | None:
+        """The policies in force at one proxy (see `meshcast.policies.resolve`), or None if it is unknown."""
+        cached = self._effective.get((mesh, name))
+        if cached is not None:
+            return cached
+        dataplane = self.dataplanes.get((mesh, name))
+        if dataplane is None:
+            return None
+        spec = dataplane.spec
+        assert isinstance(spec, DataplaneSpec)
+        zone = {"zone": self.zone} if self.zone else {}
+        facts = ProxyFacts(inbound_tags=tuple({"service": i.service, **i.tags, **zone} for i in spec.inbound),
+                           gateway=spec.gateway)
+        policies = [policy for (policy_mesh, _, _), policy in self.policies.items() if policy_mesh == mesh]
+        result = self._effective[(mesh, name)] = resolve(policies, facts, self._reachable(mesh, spec))
+        return result
 
-    def upstream(self, mesh: str, service: str) -> tuple[list[dict[str, Any]], float]:
+    def _reachable(self, mesh: str, spec: DataplaneSpec) -> set[str]:
+        """The services a proxy may call: its outbounds, a gateway's routed services, every service in proxy mode."""
+        found = {out.service for out in spec.outbound}
+        if spec.gateway is not None:
+            gateway = self.gateways.get((mesh, spec.gateway))
+            found.update(route.to for route in gateway.routes) if gateway is not None else None
+        if spec.http_proxy is not None:
+            found.update(self._mesh_services(mesh))
+        return found
+
+    def _mesh_services(self, mesh: str) -> set[str]:
+        return ({i.service for dp in self.dataplanes.values() if dp.mesh == mesh
+                 for i in dp.spec.inbound}  # type: ignore[attr-defined]
+                | {svc for (remote_mesh, svc) in self.remote if remote_mesh == mesh})
+
+    def upstream(self, mesh: str, service: str, balancing: Mapping[str, Any] | None = None,
+                 ) -> tuple[list[dict[str, Any]], float]:
         """The endpoints a sidecar gets for `service` and its failover threshold (0..1): this zone's instances
         (priority 0) and, per other zone offering it, that zone's ingress, with the SNI naming the service and a
-        priority from the failover order; all priority 0 when locality awareness is off."""
-        cached = self._upstreams.get((mesh, service))
+        priority from the failover order; all priority 0 when locality awareness is off. `balancing`: the
+        MeshLoadBalancingStrategy settings in force for the caller."""
+        locality = (balancing or {}).get("localityAwareness") or {}
+        cache_key = (mesh, service, json.dumps(locality, sort_keys=True) if locality else "")
+        cached = self._upstreams.get(cache_key)
         if cached is not None:
             return cached
         local = self.endpoints(mesh, service)
         offers = self.remote.get((mesh, service), [])
-        policy = self.lb_policy(mesh, service)
-        threshold = 0.0
+        cross_zone = locality.get("crossZone") or {}
+        threshold = cross_zone.get("failoverThreshold", 0) / 100
         if not offers:
-            result = (local, threshold)
+            result = (local, 0.0)
         else:
-            locality = policy.locality_awareness if policy is not None else None
-            order = locality.cross_zone.failover if locality is not None else None
-            if locality is not None:
-                threshold = locality.cross_zone.failover_threshold / 100
+            order = cross_zone.get("failover")
             entries = list(local)
             for offer in offers:
-                if locality is not None and locality.disabled:
+                if locality.get("disabled"):
                     priority = 0
                 elif order is None:
                     priority = 1
@@ -205,7 +233,7 @@ class Inventory:
                     "priority": priority, "sni": service_sni(mesh, service),
                 })
             result = (entries, threshold)
-        self._upstreams[(mesh, service)] = result
+        self._upstreams[cache_key] = result
         return result
 
     def services(self) -> dict[tuple[str, str], dict[str, Any]]:
@@ -247,22 +275,15 @@ class Inventory:
         """The whole configuration of one sidecar, or None if it is no longer registered."""
         dataplane = self.dataplanes.get((mesh, name))
         mesh_spec = self.meshes.get(mesh)
-        if dataplane is None or mesh_spec is None:
+        effective = self.effective(mesh, name)
+        if dataplane is None or mesh_spec is None or effective is None:
             return None
         spec = dataplane.spec
         assert isinstance(spec, DataplaneSpec)
         outbound = []
         for out in spec.outbound:
-            endpoints, threshold = self.upstream(mesh, out.service)
-            entry = {
-                "service": out.service,
-                "address": out.address,
-                "port": out.port,
-                "protocol": self.protocol(mesh, out.service),
-                "endpoints": endpoints,
-            }
-            if threshold:
-                entry["failoverThreshold"] = threshold
+            entry = {"service": out.service, "address": out.address, "port": out.port,
+                     **self._service_entry(mesh, out.service, effective)}
             outbound.append(entry)
         snapshot: dict[str, Any] = {
             "mesh": mesh,
@@ -277,28 +298,32 @@ class Inventory:
             "outbound": outbound,
             "heartbeatInterval": self.heartbeat_interval,
         }
+        # Services reached other than through an outbound port: a gateway's routed services, every service in
+        # proxy mode, and the backends of the proxy's routes (a split may send calls to another service).
+        others: set[str] = backend_services(effective)
         if spec.gateway is not None:
             # An edge gateway: its MeshGateway's listeners and routes, and the endpoints of every routed service.
             gateway = self.gateways.get((mesh, spec.gateway))
             snapshot["gateway"] = None if gateway is None else {
                 "name": spec.gateway, **gateway.model_dump(mode="json", by_alias=True, exclude_none=True)}
-            routed = sorted({route.to for route in gateway.routes}) if gateway is not None else []
+            others.update(route.to for route in gateway.routes) if gateway is not None else None
             snapshot["services"] = {}
-            for svc in routed:
-                endpoints, threshold = self.upstream(mesh, svc)
-                snapshot["services"][svc] = {"protocol": self.protocol(mesh, svc), "endpoints": endpoints}
-                if threshold:
-                    snapshot["services"][svc]["failoverThreshold"] = threshold
         if spec.http_proxy is not None:
-            # Proxy mode reaches any service of the mesh by name, so the sidecar gets all of them.
             snapshot["httpProxy"] = spec.http_proxy.model_dump(mode="json", by_alias=True)
-            services = sorted({i.service for dp in self.dataplanes.values() if dp.mesh == mesh
-                               for i in dp.spec.inbound}  # type: ignore[attr-defined]
-                              | {svc for (remote_mesh, svc) in self.remote if remote_mesh == mesh})
-            snapshot["services"] = {}
-            for svc in services:
-                endpoints, threshold = self.upstream(mesh, svc)
-                snapshot["services"][svc] = {"protocol": self.protocol(mesh, svc), "endpoints": endpoints}
-                if threshold:
-                    snapshot["services"][svc]["failoverThreshold"] = threshold
+            others.update(self._mesh_services(mesh))
+        others -= {out.service for out in spec.outbound}
+        if others or "services" in snapshot:
+            snapshot["services"] = {svc: self._service_entry(mesh, svc, effective) for svc in sorted(others)}
+        policies = effective.wire()
+        if policies:
+            snapshot["policies"] = policies
         return snapshot
+
+    def _service_entry(self, mesh: str, service: str, effective: Effective) -> dict[str, Any]:
+        """Protocol, endpoints and failover threshold of `service` as the proxy with `effective` policies sees it."""
+        balancing = effective.outbound.get(service, {}).get("MeshLoadBalancingStrategy")
+        endpoints, threshold = self.upstream(mesh, service, balancing)
+        entry: dict[str, Any] = {"protocol": self.protocol(mesh, service), "endpoints": endpoints}
+        if threshold:
+            entry["failoverThreshold"] = threshold
+        return entry

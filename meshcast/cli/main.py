@@ -226,6 +226,30 @@ def inspect_dataplanes(ctx: Context, mesh: str | None, output: str) -> None:
     _print_table(rows)
 
 
+@inspect.command("dataplane")
+@click.argument("name")
+@click.option("-m", "--mesh", default="default", show_default=True)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_ctx
+def inspect_dataplane(ctx: Context, name: str, mesh: str, output: str) -> None:
+    """The policies in force at one dataplane: for each outbound service, inbound service (by caller) and the
+    proxy as a whole, the merged settings of each policy kind and the policies they came from."""
+    item = ctx.request("GET", f"/v1/inspect/dataplanes/{mesh}/{name}")
+    if output == "json":
+        click.echo(json.dumps(item, indent=2))
+        return
+    click.echo(f"Dataplane {item['mesh']}/{item['name']} ({item['status']}, services {','.join(item['services'])}, "
+               f"config {item['ackedVersion'] or '-'})")
+    if not item["policies"]:
+        click.echo("No policy applies.")
+        return
+    rows = [["WHERE", "KIND", "SETTINGS", "FROM (least specific first)"]]
+    for row in item["policies"]:
+        rows.append([row["where"], row["kind"], json.dumps(row["settings"], separators=(",", ":")),
+                     ", ".join(row["from"])])
+    _print_table(rows)
+
+
 def _print_zones(zones: list[dict[str, Any]]) -> None:
     rows = [["NAME", "STATUS", "API", "INGRESS", "VERSION", "SERVICES"]]
     for zone in zones:
@@ -307,6 +331,19 @@ def demo(once: bool) -> None:
     from meshcast.demo import run_demo
 
     run_demo(once)
+
+
+@cli.group(hidden=True)
+def docs() -> None:
+    """Documentation generated from the code."""
+
+
+@docs.command("reference")
+def docs_reference() -> None:
+    """Print the resource and policy reference (Markdown): `meshcast docs reference > docs/reference.md`."""
+    from meshcast.resources.reference import render_reference
+
+    click.echo(render_reference(), nl=False)
 
 
 # --- components -------------------------------------------------------------------------------------------------

@@ -30,3 +30,6 @@ __all__ = [
     "resource_types",
     "types",
 ]
+
+# The policy types register with the same registry (imported last: they build on the core types).
+import meshcast.policies  # noqa: F401

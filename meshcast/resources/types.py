@@ -1,4 +1,4 @@
-"""The core resource types: Mesh, Dataplane, Zone. Policies live in `meshcast.policies.<kind>`."""
+"""The core resource types: Mesh, Dataplane, Zone, MeshGateway. Policies live in `meshcast.policies`."""
 
 from __future__ import annotations
 
@@ -6,23 +6,35 @@ import ipaddress
 import re
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer
 
 from meshcast.errors import Violation
-from meshcast.resources.duration import format_duration, parse_duration
 from meshcast.resources.model import DNS_LABEL, Resource, ResourceType, Scope, Spec, Sync, register
+from meshcast.wire.duration import format_duration, parse_duration
 
 _HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
 _TAG_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?")
 _TAG_VALUE = re.compile(r"[A-Za-z0-9._:/-]{1,253}")
+_PORT_MIN, _PORT_MAX = 1, 65535
+
+
+@dataclass(frozen=True)
+class Shown:
+    """How the reference (`meshcast.resources.reference`) words a type whose rule lives in a validator function,
+    which no schema shows: `words` replaces the type's name, `bounds` is added to the field's bounds. Pydantic ignores
+    this metadata: it only documents; the validator beside it checks (both read the same constants)."""
+
+    words: str = ""
+    bounds: str = ""
 
 
 def _port(value: int) -> int:
-    if not 1 <= value <= 65535:
-        raise ValueError("must be between 1 and 65535")
+    if not _PORT_MIN <= value <= _PORT_MAX:
+        raise ValueError(f"must be between {_PORT_MIN} and {_PORT_MAX}")
     return value
 
 
@@ -60,9 +72,9 @@ def _duration(value: object) -> timedelta:
     return parse_duration(value)
 
 
-Port = Annotated[int, AfterValidator(_port)]
-Name = Annotated[str, AfterValidator(_label)]
-Address = Annotated[str, AfterValidator(_address)]
+Port = Annotated[int, AfterValidator(_port), Shown(bounds=f"min {_PORT_MIN}, max {_PORT_MAX}")]
+Name = Annotated[str, AfterValidator(_label), Shown(words="name (DNS label)")]
+Address = Annotated[str, AfterValidator(_address), Shown(words="IP address or hostname")]
 Tags = Annotated[dict[str, str], AfterValidator(_tags)]
 Duration = Annotated[timedelta, BeforeValidator(_duration), PlainSerializer(format_duration, return_type=str)]
 AppProtocol = Literal["http", "http2", "grpc", "tcp"]
@@ -77,21 +89,32 @@ def _bounded(lo: timedelta, hi: timedelta) -> AfterValidator:
     return AfterValidator(check)
 
 
+_CERT_TTL_MIN, _CERT_TTL_MAX = timedelta(seconds=10), timedelta(days=365)
+
+
 # --- Mesh -----------------------------------------------------------------------------------------------------
 
 
 class Mtls(Spec):
     """Mutual TLS between the mesh's sidecars. Present means on unless `enabled: false`."""
 
-    enabled: bool = True
-    backend: Literal["builtin"] = "builtin"
-    cert_ttl: Annotated[Duration, _bounded(timedelta(seconds=10), timedelta(days=365))] = Field(
-        default=timedelta(hours=24), alias="certTTL"
+    enabled: bool = Field(default=True, description="`false` turns mTLS off without deleting the settings")
+    backend: Literal["builtin"] = Field(
+        default="builtin",
+        description="the certificate authority: a CA per mesh (ECDSA P-256) kept by the control plane",
+    )
+    cert_ttl: Annotated[
+        Duration,
+        _bounded(_CERT_TTL_MIN, _CERT_TTL_MAX),
+        Shown(bounds=f"min {format_duration(_CERT_TTL_MIN)}, max {format_duration(_CERT_TTL_MAX)}"),
+    ] = Field(
+        default=timedelta(hours=24), alias="certTTL",
+        description="lifetime of the workload certificates; sidecars renew theirs at two thirds of it",
     )
 
 
 class MeshSpec(Spec):
-    mtls: Mtls | None = None
+    mtls: Mtls | None = Field(default=None, description="mutual TLS between the mesh's sidecars; absent: mTLS off")
 
     @property
     def mtls_enabled(self) -> bool:
@@ -116,12 +139,16 @@ MESH = register(
 class Inbound(Spec):
     """A service instance behind the sidecar: the sidecar listens on `port` and forwards to `appPort`."""
 
-    port: Port
-    app_port: Port | None = None
-    app_address: Address = "127.0.0.1"
-    service: Name
-    protocol: AppProtocol = "tcp"
-    tags: Tags = Field(default_factory=dict)
+    port: Port = Field(description="the sidecar's port for this inbound (mTLS); unique per dataplane")
+    app_port: Port | None = Field(default=None, description="the application's port on `appAddress`; absent: `port`")
+    app_address: Address = Field(default="127.0.0.1", description="where the application listens")
+    service: Name = Field(description="the service name; its SPIFFE ID is `spiffe://<mesh>/<service>`")
+    protocol: AppProtocol = Field(default="tcp", description="the application protocol")
+    tags: Tags = Field(
+        default_factory=dict,
+        description="e.g. `version: v2`; keys: letters, digits and `._/-` (at most 63), values: letters, digits and "
+        "`._:/-` (1-253); the control plane adds `service` (and `zone`)",
+    )
 
     @property
     def target_port(self) -> int:
@@ -131,24 +158,34 @@ class Inbound(Spec):
 class Outbound(Spec):
     """An upstream service the app calls through a local port of its sidecar."""
 
-    port: Port
-    service: Name
-    address: Address = "127.0.0.1"
+    port: Port = Field(description="the sidecar's local port for this upstream; unique per dataplane")
+    service: Name = Field(description="the upstream service")
+    address: Address = Field(default="127.0.0.1", description="the local address of that listener")
 
 
 class HttpProxy(Spec):
     """An HTTP proxy listener for the app: `Host: <service>.mesh` selects the upstream service."""
 
-    port: Port
-    address: Address = "127.0.0.1"
+    port: Port = Field(description="the local port of the proxy listener")
+    address: Address = Field(default="127.0.0.1", description="the local address of the proxy listener")
 
 
 class DataplaneSpec(Spec):
-    address: Address
-    inbound: list[Inbound] = Field(default_factory=list)
-    outbound: list[Outbound] = Field(default_factory=list)
-    http_proxy: HttpProxy | None = None
-    gateway: Name | None = None  # this dataplane is the edge gateway serving the MeshGateway of that name
+    address: Address = Field(description="where other sidecars reach this one")
+    inbound: list[Inbound] = Field(
+        default_factory=list, description="the service instances behind the sidecar; at least one unless `gateway`"
+    )
+    outbound: list[Outbound] = Field(
+        default_factory=list, description="upstream services the application calls through local ports"
+    )
+    http_proxy: HttpProxy | None = Field(
+        default=None,
+        description="an HTTP proxy listener for the app: `Host: <service>.mesh` selects the upstream service; "
+        "absent: none",
+    )
+    gateway: Name | None = Field(
+        default=None, description="this dataplane is the edge gateway serving the MeshGateway of that name"
+    )
 
     @property
     def services(self) -> list[str]:
@@ -191,60 +228,15 @@ DATAPLANE = register(
 
 
 class ZoneSpec(Spec):
-    enabled: bool = True
+    enabled: bool = Field(
+        default=True, description="a disabled zone cannot join (its zone token is refused) and gets no intermediate CA"
+    )
 
 
 ZONE = register(
     ResourceType(
         name="Zone", plural="zones", spec=ZoneSpec, scope=Scope.GLOBAL, sync=Sync.GLOBAL_TO_ZONES,
         summary="a region with its own zone control plane",
-    )
-)
-
-
-# --- MeshLoadBalancingStrategy --------------------------------------------------------------------------------
-
-
-def _service_ref(value: str) -> str:
-    if value != "*" and not DNS_LABEL.fullmatch(value):
-        raise ValueError(f"{value!r} is neither a service name (1-63 lowercase letters, digits or '-') nor '*'")
-    return value
-
-
-ServiceRef = Annotated[str, AfterValidator(_service_ref)]
-
-
-class CrossZone(Spec):
-    """Where calls go when the local zone cannot take them."""
-
-    failover: list[Name] | None = None  # other zones in the order to try; absent: every other zone, equally
-    failover_threshold: Annotated[int, Field(ge=0, le=100)] = 0  # % of local endpoints usable below which to spill
-
-
-class LocalityAwareness(Spec):
-    disabled: bool = False  # true: every zone's endpoints are equal (calls spread across zones)
-    cross_zone: CrossZone = Field(default_factory=CrossZone)
-
-
-class MeshLoadBalancingStrategySpec(Spec):
-    to: ServiceRef  # the upstream service this applies to, or "*" for every service of the mesh
-    locality_awareness: LocalityAwareness = Field(default_factory=LocalityAwareness)
-
-
-def _check_failover(resource: Resource) -> Iterable[Violation]:
-    spec = resource.spec
-    assert isinstance(spec, MeshLoadBalancingStrategySpec)
-    zones = spec.locality_awareness.cross_zone.failover or []
-    for index, zone in enumerate(zones):
-        if zone in zones[:index]:
-            yield Violation(f"spec.localityAwareness.crossZone.failover[{index}]", f"zone {zone!r} is listed twice")
-
-
-MESH_LOAD_BALANCING_STRATEGY = register(
-    ResourceType(
-        name="MeshLoadBalancingStrategy", plural="meshloadbalancingstrategies", spec=MeshLoadBalancingStrategySpec,
-        scope=Scope.MESH, sync=Sync.GLOBAL_TO_ZONES, aliases=("mlbs",), check=_check_failover,
-        summary="how sidecars spread calls to a service over zones: locality first, failover order, threshold",
     )
 )
 
@@ -260,7 +252,7 @@ def _host_pattern(value: str) -> str:
     return value
 
 
-HostPattern = Annotated[str, AfterValidator(_host_pattern)]
+HostPattern = Annotated[str, AfterValidator(_host_pattern), Shown(words="host pattern (`a.example`, `*.example`, `*`)")]
 
 
 def _path_prefix(value: str) -> str:
@@ -272,37 +264,58 @@ def _path_prefix(value: str) -> str:
 class GatewayCertificate(Spec):
     """A certificate chain and its key, from files on the gateway's host, served to clients naming one of `hosts`."""
 
-    hosts: Annotated[list[HostPattern], Field(min_length=1)]
-    cert_file: str
-    key_file: str
+    hosts: Annotated[list[HostPattern], Field(min_length=1)] = Field(
+        description="the names (SNI) this certificate serves"
+    )
+    cert_file: str = Field(description="path of the PEM certificate chain (leaf first) on the gateway's host")
+    key_file: str = Field(description="path of the PEM private key on the gateway's host")
 
 
 class GatewayTls(Spec):
-    certificates: Annotated[list[GatewayCertificate], Field(min_length=1)]
+    certificates: Annotated[list[GatewayCertificate], Field(min_length=1)] = Field(
+        description="the first whose `hosts` match the client's SNI is served; no match or no SNI: the first"
+    )
 
 
 class GatewayListener(Spec):
-    port: Port
-    address: Address = "0.0.0.0"  # the region's anycast address, or every address
-    protocol: Literal["http", "https"] = "http"
-    tls: GatewayTls | None = None
+    port: Port = Field(description="one listener per address and port")
+    address: Address = Field(default="0.0.0.0", description="the region's anycast address, or every address")
+    protocol: Literal["http", "https"] = Field(
+        default="http", description="`https` terminates TLS here (HTTP/1.1 and HTTP/2 by ALPN)"
+    )
+    tls: GatewayTls | None = Field(default=None, description="required with `https`, refused with `http`")
 
 
 class RouteMatch(Spec):
-    hosts: list[HostPattern] = Field(default_factory=list)  # none: any host
-    path_prefix: Annotated[str, AfterValidator(_path_prefix)] = "/"
-    methods: list[Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]] = Field(default_factory=list)
-    headers: Annotated[dict[str, str], AfterValidator(_tags)] = Field(default_factory=dict)  # exact values
+    hosts: list[HostPattern] = Field(
+        default_factory=list,
+        description="the request's host (without port) against exact names, `*.domain` (one or more labels under "
+        "it) or `*`; empty: any host",
+    )
+    path_prefix: Annotated[str, AfterValidator(_path_prefix), Shown(words="path prefix (starts with `/`)")] = Field(
+        default="/",
+        description="whole segments: `/api` matches `/api` and `/api/x`, not `/apix`; the query is ignored",
+    )
+    methods: list[Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]] = Field(
+        default_factory=list, description="empty: any method"
+    )
+    headers: Annotated[dict[str, str], AfterValidator(_tags)] = Field(
+        default_factory=dict, description="exact values by lowercase header name; every one listed must be present"
+    )
 
 
 class GatewayRoute(Spec):
-    match: RouteMatch = Field(default_factory=RouteMatch)
-    to: Name  # the mesh service
+    match: RouteMatch = Field(default_factory=RouteMatch, description="empty: every request")
+    to: Name = Field(description="the mesh service; own zone first, other zones' ingresses on failover")
 
 
 class MeshGatewaySpec(Spec):
-    listeners: Annotated[list[GatewayListener], Field(min_length=1)]
-    routes: Annotated[list[GatewayRoute], Field(min_length=1)]
+    listeners: Annotated[list[GatewayListener], Field(min_length=1)] = Field(
+        description="where the gateway accepts connections"
+    )
+    routes: Annotated[list[GatewayRoute], Field(min_length=1)] = Field(
+        description="tried in order, the first that matches wins; no match: 404 with `x-meshcast-error: no_route`"
+    )
 
 
 def _check_gateway(resource: Resource) -> Iterable[Violation]:

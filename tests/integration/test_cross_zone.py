@@ -172,7 +172,8 @@ def outbound_threshold(sidecar: SidecarProcess, service: str) -> float | None:
 
 def test_a_policy_applied_at_the_global_cp_reaches_sidecars_in_both_zones(zones: dict[str, Any]) -> None:
     policy = {"type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "backend-lb", "spec": {
-        "to": "backend", "localityAwareness": {"crossZone": {"failoverThreshold": 50}}}}
+        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                "default": {"localityAwareness": {"crossZone": {"failoverThreshold": 50}}}}]}}
     result = zones["global"].cli("apply", "-f", "-", stdin=json.dumps(policy))
     assert result.returncode == 0, result.stderr
     for name in ("web-eu", "payments-us"):  # both call backend, which both zones have

@@ -484,7 +484,8 @@ def test_what_the_zone_cp_sends_is_what_the_sidecar_balances(tmp_path: Path) -> 
     inventory = Inventory(zone="eu")
     applied(inventory, {"type": "Mesh", "name": "default", "spec": {"mtls": {}}})
     applied(inventory, {"type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "lb", "spec": {
-        "to": "backend", "localityAwareness": {"crossZone": {"failover": ["ap", "us"], "failoverThreshold": 50}}}})
+        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {
+            "localityAwareness": {"crossZone": {"failover": ["ap", "us"], "failoverThreshold": 50}}}}]}})
     for name, service, address, outbound in (("backend-1", "backend", "10.0.0.1", []),
                                              ("web-1", "web", "10.0.0.2", [{"port": 10000, "service": "backend"}])):
         applied(inventory, {"type": "Dataplane", "mesh": "default", "name": name, "spec": {

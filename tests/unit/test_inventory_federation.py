@@ -47,6 +47,22 @@ def policy(spec: dict[str, Any], name: str = "lb") -> dict[str, Any]:
     return {"type": "MeshLoadBalancingStrategy", "mesh": "default", "name": name, "spec": spec}
 
 
+def lb_to(service: str, default: dict[str, Any]) -> dict[str, Any]:
+    ref = {"kind": "Mesh"} if service == "*" else {"kind": "MeshService", "name": service}
+    return {"to": [{"targetRef": ref, "default": default}]}
+
+
+def lb_of(inv: Inventory, service: str = "backend") -> dict[str, Any] | None:
+    """The MeshLoadBalancingStrategy settings a caller in this zone gets for `service`."""
+    doc = {"type": "Dataplane", "mesh": "default", "name": "caller", "spec": {
+        "address": "10.0.0.9", "inbound": [{"port": 8080, "service": "caller"}],
+        "outbound": [{"port": 10000, "service": service}]}}
+    inv.apply(resource_event(doc))
+    effective = inv.effective("default", "caller")
+    assert effective is not None
+    return effective.outbound.get(service, {}).get("MeshLoadBalancingStrategy")
+
+
 def test_local_first_then_every_other_zone_through_its_ingress() -> None:
     inv = inventory()
     local_backend(inv)
@@ -69,23 +85,24 @@ def test_a_service_only_other_zones_have_keeps_its_protocol() -> None:
 
 
 def test_failover_order_threshold_and_disabled_locality() -> None:
-    inv = inventory(policy({"to": "backend", "localityAwareness": {
-        "crossZone": {"failover": ["ap", "us"], "failoverThreshold": 50}}}))
+    inv = inventory(policy(lb_to("backend", {"localityAwareness": {
+        "crossZone": {"failover": ["ap", "us"], "failoverThreshold": 50}}})))
     local_backend(inv)
     inv.set_remote(offers("us", "ap", "sa"))
-    endpoints, threshold = inv.upstream("default", "backend")
+    endpoints, threshold = inv.upstream("default", "backend", lb_of(inv))
     assert threshold == 0.5
     assert {e["tags"]["zone"]: e.get("priority", 0) for e in endpoints} == {"eu": 0, "ap": 1, "us": 2}  # no sa
-    inv.apply(resource_event(policy({"to": "backend", "localityAwareness": {"disabled": True}})))
-    assert {e.get("priority", 0) for e in inv.upstream("default", "backend")[0]} == {0}
+    inv.apply(resource_event(policy(lb_to("backend", {"localityAwareness": {"disabled": True}}))))
+    assert {e.get("priority", 0) for e in inv.upstream("default", "backend", lb_of(inv))[0]} == {0}
 
 
 def test_a_policy_naming_the_service_beats_one_for_every_service() -> None:
-    inv = inventory(policy({"to": "*", "localityAwareness": {"disabled": True}}, name="a-all"),
-                    policy({"to": "backend", "localityAwareness": {"crossZone": {"failover": ["us"]}}}, name="z"))
+    inv = inventory(policy(lb_to("*", {"localityAwareness": {"disabled": True}}), name="z-all"),
+                    policy(lb_to("backend", {"localityAwareness": {"crossZone": {"failover": ["us"]}}}), name="a"))
     inv.set_remote(offers("us", "ap"))
-    assert [e["tags"]["zone"] for e in inv.upstream("default", "backend")[0]] == ["us"]
-    assert inv.lb_policy("default", "web") is not None and inv.lb_policy("default", "web").to == "*"
+    # the MeshService item wins over the Mesh one although its policy's name comes first; fields merge
+    assert lb_of(inv) == {"localityAwareness": {"disabled": True, "crossZone": {"failover": ["us"]}}}
+    assert lb_of(inv, "web") == {"localityAwareness": {"disabled": True}}
 
 
 def test_unchanged_remote_view_does_not_bump_the_generation() -> None:

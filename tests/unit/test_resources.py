@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from meshcast.errors import ValidationError
 from meshcast.resources import dump_documents, load_documents, lookup_type, parse_resource
-from meshcast.resources.duration import format_duration, parse_duration
+from meshcast.wire.duration import format_duration, parse_duration
 
 EXAMPLE = """
 type: Mesh

@@ -1,4 +1,5 @@
-"""Durations written as operators write them in Kuma and Go: ``24h``, ``1h30m``, ``500ms``, ``90s``."""
+"""Durations written as operators write them in Kuma and Go: ``24h``, ``1h30m``, ``500ms``, ``90s`` (standard
+library only: the sidecar reads its policies' durations with it)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,161 @@
+"""Policies: schemas with field-path errors, and the rule deciding which apply and how they merge (property tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshcast.errors import ValidationError
+from meshcast.policies import Policy, ProxyFacts, resolve
+from meshcast.resources import parse_resource
+
+WEB = ProxyFacts(inbound_tags=({"service": "web", "version": "v2", "zone": "eu"},))
+
+
+def policy(kind: str, name: str, spec: dict[str, Any]) -> Policy:
+    return Policy.of(parse_resource({"type": kind, "mesh": "default", "name": name, "spec": spec}))
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"type": "MeshRetry", "name": "r", "spec": {"to": [{"targetRef": {"kind": "MeshService"},
+                                                           "default": {"http": {"numRetries": 3}}}]}},
+     "spec.to[0].targetRef: kind MeshService needs a name"),
+    ({"type": "MeshRetry", "name": "r", "spec": {"to": [{"targetRef": {"kind": "Mesh"},
+                                                           "default": {"http": {"perTryTimeout": "soon"}}}]}},
+     "spec.to[0].default.http.perTryTimeout: invalid duration 'soon'"),
+    ({"type": "MeshTrafficPermission", "name": "p", "spec": {"from": [{
+        "targetRef": {"kind": "MeshSubset", "tags": {"version": "v1"}}, "default": {"action": "Allow"}}]}},
+     "spec.from[0]: from[].targetRef.kind must be Mesh or MeshService"),
+    ({"type": "MeshTrafficPermission", "name": "p", "spec": {"from": [{
+        "targetRef": {"kind": "Mesh"}, "default": {"action": "allow"}}]}},
+     "spec.from[0].default.action: must be one of 'Allow', 'Deny' or 'AllowWithShadowDeny'"),
+    ({"type": "MeshHTTPRoute", "name": "h", "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "b"},
+                                                              "rules": [{"matches": [{"path": {"value": "x"}}]}]}]}},
+     "spec.to[0].rules[0].matches[0].path: 'x' is not a path"),
+    ({"type": "MeshHTTPRoute", "name": "h", "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "b"},
+                                                              "rules": [{"matches": [{"path": {"value": "/"}}],
+                                                                         "default": {"backendRefs": [
+                                                                             {"name": "b", "weight": 0}]}}]}]}},
+     "spec.to[0].rules[0].default.backendRefs: needs a backend with a weight above 0"),
+    ({"type": "MeshRateLimit", "name": "l", "spec": {"from": [{"targetRef": {"kind": "Mesh"}, "default": {
+        "local": {"http": {"requestRate": {"num": 0, "interval": "1s"}}}}}]}},
+     "spec.from[0].default.local.http.requestRate.num: must be greater than or equal to 1"),
+    ({"type": "MeshFaultInjection", "name": "f", "spec": {"from": [{"targetRef": {"kind": "Mesh"}, "default": {
+        "http": [{"abort": {"httpStatus": 500, "percentage": 101}}]}}]}},
+     "spec.from[0].default.http[0].abort.percentage: must be less than or equal to 100"),
+    ({"type": "MeshTimeout", "name": "t", "spec": {}}, "spec: needs at least one `to` or `from` item"),
+])
+def test_bad_policies_are_refused_naming_the_field(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_resource(doc)
+    assert message in str(caught.value)
+
+
+def test_most_specific_wins_field_by_field() -> None:
+    everyone = policy("MeshTimeout", "z-everyone", {"to": [{"targetRef": {"kind": "Mesh"}, "default": {
+        "connectionTimeout": "1s", "http": {"requestTimeout": "10s", "streamIdleTimeout": "5s"}}}]})
+    web_to_backend = policy("MeshTimeout", "a-web", {"targetRef": {"kind": "MeshService", "name": "web"}, "to": [
+        {"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"http": {"requestTimeout": "2s"}}}]})
+    effective = resolve([web_to_backend, everyone], WEB, ["backend", "db"])
+    assert effective.outbound["backend"]["MeshTimeout"] == {
+        "connectionTimeout": "1s", "http": {"requestTimeout": "2s", "streamIdleTimeout": "5s"}}
+    assert effective.outbound["db"]["MeshTimeout"]["http"]["requestTimeout"] == "10s"
+    assert effective.sources["outbound backend MeshTimeout"] == [
+        "MeshTimeout/z-everyone (local)", "MeshTimeout/a-web (local)"]
+
+
+def test_a_policy_for_another_service_does_not_select_this_proxy() -> None:
+    other = policy("MeshRetry", "api", {"targetRef": {"kind": "MeshService", "name": "api"}, "to": [
+        {"targetRef": {"kind": "Mesh"}, "default": {"http": {"numRetries": 1}}}]})
+    subset = policy("MeshRetry", "v2", {"targetRef": {"kind": "MeshSubset", "tags": {"version": "v2"}}, "to": [
+        {"targetRef": {"kind": "Mesh"}, "default": {"http": {"numRetries": 4}}}]})
+    assert resolve([other], WEB, ["backend"]).outbound == {}
+    assert resolve([other, subset], WEB, ["backend"]).outbound["backend"]["MeshRetry"] == {"http": {"numRetries": 4}}
+
+
+def test_permissions_by_caller_and_inbound() -> None:
+    deny_all = policy("MeshTrafficPermission", "deny-all", {"from": [
+        {"targetRef": {"kind": "Mesh"}, "default": {"action": "Deny"}}]})
+    allow_gw = policy("MeshTrafficPermission", "web-from-gateway", {
+        "targetRef": {"kind": "MeshService", "name": "web"},
+        "from": [{"targetRef": {"kind": "MeshService", "name": "gateway"}, "default": {"action": "Allow"}}]})
+    effective = resolve([allow_gw, deny_all], WEB, [])
+    assert effective.inbound["web"]["MeshTrafficPermission"] == {
+        "*": {"action": "Deny"}, "gateway": {"action": "Allow"}}
+
+
+def test_routes_try_exact_then_longest_prefix_then_more_specific_policy() -> None:
+    def route(name: str, top: dict[str, Any], *paths: tuple[str, str]) -> Policy:
+        return policy("MeshHTTPRoute", name, {"targetRef": top, "to": [{
+            "targetRef": {"kind": "MeshService", "name": "backend"},
+            "rules": [{"matches": [{"path": {"type": kind, "value": value}}],
+                       "default": {"backendRefs": [{"name": f"{name}-{value.strip('/') or 'root'}"}]}}
+                      for kind, value in paths]}]})
+
+    mesh_wide = route("mesh", {"kind": "Mesh"}, ("PathPrefix", "/"), ("PathPrefix", "/api"), ("Exact", "/x"))
+    for_web = route("web", {"kind": "MeshService", "name": "web"}, ("PathPrefix", "/api"))
+    rules = resolve([mesh_wide, for_web], WEB, ["backend"]).outbound["backend"]["MeshHTTPRoute"]
+    assert [rule["backendRefs"][0]["name"] for rule in rules] == ["mesh-x", "web-api", "mesh-api", "mesh-root"]
+
+
+# --- properties of the rule -------------------------------------------------------------------------------------
+
+TOPS = [{"kind": "Mesh"}, {"kind": "MeshSubset", "tags": {"version": "v2"}},
+        {"kind": "MeshSubset", "tags": {"version": "v1"}}, {"kind": "MeshService", "name": "web"},
+        {"kind": "MeshService", "name": "api"}, {"kind": "MeshServiceSubset", "name": "web", "tags": {"zone": "eu"}}]
+TOS = [{"kind": "Mesh"}, {"kind": "MeshService", "name": "backend"}, {"kind": "MeshService", "name": "db"}]
+FIELDS = ["connectionTimeout", "idleTimeout"]
+
+
+@st.composite
+def timeout_policies(draw: st.DrawFn) -> list[tuple[str, int, list[tuple[int, dict[str, str]]]]]:
+    """Policies as (name, top index, [(to index, {field: value})]) with distinct names."""
+    names = draw(st.lists(st.text("abcdef", min_size=1, max_size=3), min_size=1, max_size=6, unique=True))
+    out = []
+    for name in names:
+        top = draw(st.integers(0, len(TOPS) - 1))
+        items = draw(st.lists(st.tuples(st.integers(0, len(TOS) - 1),
+                                        st.dictionaries(st.sampled_from(FIELDS), st.sampled_from(["1s", "2s", "3s"]),
+                                                        min_size=1)), min_size=1, max_size=3))
+        out.append((name, top, items))
+    return out
+
+
+def build(drawn: list[tuple[str, int, list[tuple[int, dict[str, str]]]]]) -> list[Policy]:
+    return [policy("MeshTimeout", name, {"targetRef": TOPS[top], "to": [
+        {"targetRef": TOS[to], "default": conf} for to, conf in items]}) for name, top, items in drawn]
+
+
+def expected(drawn: list[tuple[str, int, list[tuple[int, dict[str, str]]]]], service: str) -> dict[str, str]:
+    """The rule, written out independently: the winner of each field is the applicable item with the highest
+    (top specificity, item specificity, name, position)."""
+    top_rank = [(0, 0), (1, 1), (1, 1), (2, 0), (2, 0), (3, 1)]
+    selects = [True, True, False, True, False, True]  # WEB is web, version v2, zone eu
+    best: dict[str, tuple[Any, str]] = {}
+    for name, top, items in drawn:
+        if not selects[top]:
+            continue
+        for position, (to, conf) in enumerate(items):
+            if TOS[to]["kind"] != "Mesh" and TOS[to]["name"] != service:
+                continue
+            order = (top_rank[top], (0, 0) if to == 0 else (2, 0), name, position)
+            for key, value in conf.items():
+                if key not in best or order > best[key][0]:
+                    best[key] = (order, value)
+    return {key: value for key, (_, value) in best.items()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(timeout_policies(), st.randoms(use_true_random=False))
+def test_merge_follows_the_rule_whatever_the_listing_order(drawn: Any, random: Any) -> None:
+    policies = build(drawn)
+    shuffled = list(policies)
+    random.shuffle(shuffled)
+    first = resolve(policies, WEB, ["backend", "db", "cache"])
+    again = resolve(shuffled, WEB, ["backend", "db", "cache"])
+    assert first.outbound == again.outbound and first.sources == again.sources
+    for service in ("backend", "db", "cache"):
+        assert first.outbound.get(service, {}).get("MeshTimeout", {}) == expected(drawn, service)
