@@ -54,7 +54,7 @@ class _Model:
     def model_dump(self, *, mode: Literal["python", "json"] = "python", by_alias: bool = False) -> dict[str, Any]:
         """The model as a dict of JSON values (both modes alike); keys are wire names when `by_alias`."""
         return {_wire_name(f) if by_alias else f.name: _dump(getattr(self, f.name), by_alias)
-                for f in dataclasses.fields(self)}
+                for f in dataclasses.fields(self) if not f.metadata.get("internal")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,6 +168,10 @@ class ProxyConfig(_Model):
     http_proxy: HttpProxyConfig | None = field(default=None, metadata={"alias": "httpProxy"})
     services: dict[str, ServiceConfig] = field(default_factory=dict)
     gateway: GatewayConfig | None = None  # an edge gateway's MeshGateway (None: not a gateway, or it is missing)
+    # The policies in force, merged by the control plane (`meshcast.policies.resolve`); `compiled` is what the
+    # proxy enforces (`dataplane.policy`), built by `parse_snapshot`.
+    policies: dict[str, Any] = field(default_factory=dict)
+    compiled: Any = field(default=None, compare=False, metadata={"internal": True})
 
     def upstream(self, service: str) -> ServiceConfig | None:
         """Endpoints, protocol and failover threshold of `service`, from its outbound or, in proxy mode, the mesh's
@@ -197,7 +201,9 @@ def parse_snapshot(snapshot: Any, *, mesh: str, name: str) -> ProxyConfig:
         ports += [listener.port for listener in config.gateway.listeners]
     if len(ports) != len(set(ports)):
         raise InvalidConfig("two listeners share a port")
-    return config
+    from dataplane.policy import compile_policies  # here: dataplane.policy imports this module
+
+    return dataclasses.replace(config, compiled=compile_policies(config.policies))
 
 
 # --- the validator --------------------------------------------------------------------------------------------
@@ -231,6 +237,8 @@ def _validate(model: type[M], data: Any, loc: Loc) -> M:
         raise _invalid(loc, f"Input should be a valid dictionary or instance of {model.__name__}")
     values: dict[str, Any] = {}
     for f, kind in _fields(model):
+        if f.metadata.get("internal"):
+            continue
         wire = _wire_name(f)
         key = wire if wire in data else f.name
         if key not in data:
@@ -243,6 +251,8 @@ def _validate(model: type[M], data: Any, loc: Loc) -> M:
 
 def _check(kind: Any, value: Any, loc: Loc, bounds: Mapping[str, Any]) -> Any:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:  # checked where it is used (the policies: `dataplane.policy.compile_policies`)
+        return value
     if isinstance(kind, type) and issubclass(kind, _Model):
         return _validate(kind, value, loc)
     if origin is Literal:

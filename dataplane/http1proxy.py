@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from dataplane.codec.events import (
     ResponseReceived,
 )
 from dataplane.codec.http1 import ClientConnection, ServerConnection, serialize_response_head
+from dataplane.policy import RetryBudget, RetryPolicy, Rule
 from dataplane.splice import splice
 from dataplane.transport.pool import ConnectionPool, Pooled
 from dataplane.transport.upstream import UpstreamError
@@ -45,6 +47,7 @@ READ_SIZE = 65536
 
 
 _NO_NURSERY = contextlib.nullcontext(None)
+_RNG = random.Random()  # retry back-off jitter
 
 
 class PeerGone(Exception):
@@ -122,12 +125,30 @@ def forwarded_headers(headers: Iterable[tuple[bytes, bytes]], *, drop: frozenset
 @dataclass
 class Upstream:
     """Where one request goes: a pool and the key of its preferred destination, and a way to dial a fresh
-    connection, which answers the key it actually reached (a failed connect may be retried elsewhere)."""
+    connection, which answers the key it actually reached (a failed connect may be retried elsewhere).
+
+    The policies of the call ride along: the route rule's request and response edits, the retry policy and its
+    budget with `reroute` (the upstream of the next attempt, avoiding the keys tried), the request timeout (all
+    attempts), an injected delay, and `observe`, told each attempt's status or failure (passive health)."""
 
     pool: ConnectionPool[ClientConnection]
     key: Hashable
     dial: Callable[[], Awaitable[tuple[Hashable, trio.abc.HalfCloseableStream]]]
     done: Callable[[], None] = lambda: None  # called once the exchange is over, however it ended
+    rule: Rule | None = None
+    retry: RetryPolicy | None = None
+    budget: RetryBudget | None = None
+    reroute: Callable[[set[Hashable]], Upstream | UpstreamError] | None = None
+    timeout: float | None = None
+    delay: float = 0.0
+    observe: Callable[[int | None, str | None], None] | None = None
+
+
+Check = Callable[[int | None, str | None], bool]  # an attempt's status or failure -> try again?
+
+
+def _never(status: int | None, failure: str | None) -> bool:
+    return False
 
 
 def violation_bytes(status: int, reason: str) -> bytes:
@@ -137,10 +158,11 @@ def violation_bytes(status: int, reason: str) -> bytes:
     return serialize_response_head(status, headers, body_length=len(body), close=True) + body
 
 
-def error_bytes(server: ServerConnection, status: int, reason: str) -> bytes:
+def error_bytes(server: ServerConnection, status: int, reason: str,
+                extra: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
     body = f"{reason}\n".encode()
-    head = server.send_response(status, [(b"content-type", b"text/plain"), (b"x-meshcast-error", reason.encode())],
-                                body_length=len(body))
+    head = server.send_response(status, [(b"content-type", b"text/plain"), (b"x-meshcast-error", reason.encode()),
+                                         *extra], body_length=len(body))
     return head + server.send_data(body) + server.send_end()
 
 
@@ -169,6 +191,8 @@ class Http1Proxy:
         self.header_timeout = header_timeout
         self.response_timeout = response_timeout
         self.requests = 0
+        self.retries = 0  # retries made on this connection's requests (MeshRetry)
+        self._head_sent = False  # of the exchange in progress, for the request timeout
         self._waiting: trio.CancelScope | None = None  # set while idle between requests
 
     def go_away(self) -> None:
@@ -229,16 +253,77 @@ class Http1Proxy:
         target = self.route(request)
         if isinstance(target, UpstreamError):
             await self._drain_request_body(request)
-            await self._send_quietly(error_bytes(self.server, target.status, target.reason))
+            await self._send_quietly(error_bytes(self.server, target.status, target.reason, target.headers))
             return not self.server.must_close
         try:
-            return await self._exchange_with(request, target)
+            if target.delay:
+                await trio.sleep(target.delay)
+            if target.timeout is None:
+                return await self._attempts(request, target)
+            self._head_sent = False
+            with trio.CancelScope(deadline=trio.current_time() + target.timeout) as scope:
+                keep = await self._attempts(request, target)
+            if scope.cancelled_caught:
+                if not self._head_sent:
+                    await self._send_quietly(error_bytes(self.server, 504, "request_timeout"))
+                return False
+            return keep
         finally:
             target.done()
 
-    async def _exchange_with(self, request: RequestReceived, target: Upstream) -> bool:
+    async def _attempts(self, request: RequestReceived, target: Upstream) -> bool:
+        """The first attempt and, under a retry policy, retries on other endpoints while the policy, the number of
+        retries and the budget allow. Only requests without a body are retried (nothing to replay)."""
+        policy, budget = target.retry, target.budget
+        retryable = policy is not None and request.body_length == 0 and request.upgrade is None
+        if budget is not None:
+            budget.request(trio.current_time())
+        retries = 0
+        current = target
+
+        def check(status: int | None, failure: str | None) -> bool:
+            nonlocal retries
+            if current.observe is not None:
+                current.observe(status, failure)
+            if not retryable or policy is None or retries >= policy.num_retries:
+                return False
+            if not policy.should_retry(status=status, failure=failure):
+                return False
+            if budget is not None and not budget.try_retry(trio.current_time()):
+                return False
+            retries += 1
+            return True
+
+        tried: set[Hashable] = set()
+        watched = retryable or target.observe is not None  # else no closure call per attempt (the common case)
+        while True:
+            try:
+                result = await self._exchange_with(request, current, check if watched else _never,
+                                                   policy.per_try_timeout if policy is not None else None)
+            finally:
+                if current is not target:
+                    current.done()
+            if result != "again":
+                self.retries += retries
+                return result == "keep"
+            assert policy is not None
+            tried.add(current.key)
+            await trio.sleep(policy.backoff(retries, _RNG))
+            following = target.reroute(tried) if target.reroute is not None else target
+            if isinstance(following, UpstreamError):
+                self.retries += retries
+                await self._send_quietly(error_bytes(self.server, following.status, following.reason))
+                return not self.server.must_close
+            current = following
+
+    async def _exchange_with(self, request: RequestReceived, target: Upstream, check: Check,
+                             attempt_timeout: float | None) -> str:
+        """One attempt: keep | close | again (the attempt failed and `check` wants another)."""
         headers = forwarded_headers(request.headers, drop=self.drop, add=self.add(request),
                                     keep_upgrade=request.upgrade is not None)
+        path = request.target
+        if target.rule is not None and target.rule.edits_request:
+            path, headers = target.rule.edit_request(path, headers)
         for attempt in (1, 2):
             key = target.key
             conn = target.pool.take(key)
@@ -247,23 +332,29 @@ class Http1Proxy:
                 try:
                     key, stream = await target.dial()
                 except UpstreamError as exc:
+                    if check(None, "connect_failure"):
+                        return "again"
                     await self._drain_request_body(request)
                     await self._send_quietly(error_bytes(self.server, 503, exc.reason))
-                    return not self.server.must_close
+                    return "keep" if not self.server.must_close else "close"
                 conn = Pooled(stream, ClientConnection())
                 target.pool.created += 1
-            outcome = await self._forward(request, headers, conn)
+            outcome = await self._forward(request, path, headers, conn, target, check, attempt_timeout)
             if outcome == "reuse":
                 target.pool.give_back(key, conn)
-                return True
+                return "keep"
             await conn.stream.aclose()
             if outcome == "retry":
                 if not fresh and attempt == 1:
                     continue  # a pooled connection the upstream had closed: once more on a fresh one
+                if check(None, "reset"):
+                    return "again"
                 await self._send_quietly(error_bytes(self.server, 502, "upstream_reset"))
-                return not self.server.must_close
-            return outcome == "done"
-        return False
+                return "keep" if not self.server.must_close else "close"
+            if outcome == "again":
+                return "again"
+            return "keep" if outcome == "done" else "close"
+        return "close"
 
     async def _drain_request_body(self, request: RequestReceived) -> None:
         """Read and drop the body of a request we answer ourselves, so the connection can carry the next one."""
@@ -274,13 +365,15 @@ class Http1Proxy:
             if isinstance(event, MessageCompleted | ConnectionClosed):
                 return
 
-    async def _forward(self, request: RequestReceived, headers: list[tuple[bytes, bytes]],
-                       conn: Pooled[ClientConnection]) -> str:
-        """One attempt. Returns reuse | done | close | retry (a pooled connection found dead before any reply)."""
+    async def _forward(self, request: RequestReceived, path: bytes, headers: list[tuple[bytes, bytes]],
+                       conn: Pooled[ClientConnection], target: Upstream, check: Check,
+                       attempt_timeout: float | None) -> str:
+        """One attempt. Returns reuse | done | close | retry (a pooled connection found dead before any reply) |
+        again (a failure `check` wants retried, nothing sent downstream)."""
         client, upstream = conn.state, conn.stream
         up_reader = EventReader(client, upstream)
         try:
-            await upstream.send_all(client.send_request(request.method, request.target, headers,
+            await upstream.send_all(client.send_request(request.method, path, headers,
                                                         body_length=request.body_length))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return "retry"  # nothing of the request body has been read yet: safe to try again
@@ -291,13 +384,16 @@ class Http1Proxy:
             if nursery is not None:
                 nursery.start_soon(self._pump_request, client, upstream, state, nursery.cancel_scope)
             try:
-                result = await self._pump_response(request, up_reader, state)
+                result = await self._pump_response(request, up_reader, state, target, check,
+                                                   attempt_timeout or self.response_timeout)
             except (PeerGone, ProtocolViolation) as exc:
                 log.info("upstream exchange failed (%s): %s", type(exc).__name__, exc)
                 if state["head_sent"]:
                     result = "close"
                 elif not up_reader.received_any and request.body_length == 0:
                     result = "retry"  # closed before answering: a pooled connection the upstream had dropped
+                elif check(None, "reset"):
+                    result = "again"
                 else:
                     status, reason = (502, "bad_upstream_response") if isinstance(exc, ProtocolViolation) \
                         else (502, "upstream_reset")
@@ -305,8 +401,13 @@ class Http1Proxy:
                     result = "done" if state["request_done"] and not self.server.must_close else "close"
             except trio.TooSlowError:
                 if not state["head_sent"]:
-                    await self._send_quietly(error_bytes(self.server, 504, "timeout"))
-                result = "close"
+                    if check(504, None):  # a per-try timeout counts as a gateway error
+                        result = "again"
+                    else:
+                        await self._send_quietly(error_bytes(self.server, 504, "timeout"))
+                        result = "close"
+                else:
+                    result = "close"
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 result = "close"  # the downstream went away
             if nursery is not None:
@@ -335,8 +436,9 @@ class Http1Proxy:
         except (PeerGone, ProtocolViolation, trio.BrokenResourceError, trio.ClosedResourceError):
             cancel.cancel()
 
-    async def _pump_response(self, request: RequestReceived, up: EventReader, state: dict[str, bool]) -> str:
-        with trio.CancelScope(deadline=trio.current_time() + self.response_timeout) as waiting:
+    async def _pump_response(self, request: RequestReceived, up: EventReader, state: dict[str, bool],
+                             target: Upstream, check: Check, head_within: float) -> str:
+        with trio.CancelScope(deadline=trio.current_time() + head_within) as waiting:
             event = await up.next()
             while isinstance(event, ResponseReceived) and event.informational and event.status != 101:
                 await self.downstream.send_all(self.server.send_response(event.status, event.headers,
@@ -347,10 +449,14 @@ class Http1Proxy:
         if not isinstance(event, ResponseReceived):
             raise PeerGone("no response head")
         response = event
+        if check(response.status, None):
+            return "again"  # this answer is dropped (its connection closed) and the request tried again
         headers = forwarded_headers(response.headers, keep_upgrade=response.status == 101)
+        if target.rule is not None and target.rule.edits_response:
+            headers = target.rule.edit_response(headers)
         pending = bytearray(self.server.send_response(response.status, headers, reason=response.reason,
                                                       body_length=response.body_length))
-        state["head_sent"] = True
+        state["head_sent"] = self._head_sent = True
         if response.status == 101:
             await self.downstream.send_all(pending)
             return "switched"

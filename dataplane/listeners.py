@@ -31,11 +31,12 @@ class ListenerSpec:
     port: int
     protocol: str
     target: str  # inbound: app address:port; outbound: service
+    service: str = ""  # inbound: the service it serves
 
     @classmethod
     def of_inbound(cls, config: ProxyConfig, inbound: InboundConfig) -> ListenerSpec:
         return cls("inbound", config.address, inbound.port, inbound.protocol,
-                   f"{inbound.app_address}:{inbound.target_port}")
+                   f"{inbound.app_address}:{inbound.target_port}", inbound.service)
 
     @classmethod
     def of_outbound(cls, outbound: OutboundConfig) -> ListenerSpec:

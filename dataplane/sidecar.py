@@ -19,7 +19,10 @@ it is HTTP/1.1 for an `http` service, and opaque TCP for `http2`/`grpc` ones (an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +33,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from dataplane.agent import ControlPlaneAgent
-from dataplane.balance import Endpoint, EndpointKey, make_balancer
+from dataplane.balance import DEFAULT_POLICY, Endpoint, EndpointKey, make_balancer
 from dataplane.balance.base import BalancerBase
 from dataplane.balance.outlier import OutlierDetector
 from dataplane.codec.events import RequestReceived
@@ -43,11 +46,13 @@ from dataplane.h2.proxy import H2Pool, H2Proxy, H2Target, sniff_h2
 from dataplane.http1proxy import Http1Proxy, Upstream
 from dataplane.listeners import ListenerSet, ListenerSpec
 from dataplane.metrics import SidecarMetrics
+from dataplane.policy import Backend, InboundPolicy, Policies, Request
 from dataplane.splice import splice
 from dataplane.transport.leantls import LeanTLSStream
 from dataplane.transport.pool import ConnectionPool
 from dataplane.transport.tls import ALPN_MESH, Identity, peer_spiffe_id, server_context
 from dataplane.transport.upstream import ALPN_TCP, UpstreamConnector, UpstreamError
+from meshcast.wire.duration import parse_duration
 from meshcast.wire.leanio import LeanSocketStream, open_lean_tcp_stream
 
 log = logging.getLogger("meshcast.dataplane")
@@ -58,6 +63,9 @@ HANDSHAKE_TIMEOUT = 10.0
 CONNECT_ATTEMPTS = 3
 HTTP_FAMILY = frozenset({"http", "http2", "grpc"})
 SOURCE_HEADER = b"x-meshcast-source"
+# MeshLoadBalancingStrategy's loadBalancer.type -> the balancer (dataplane.balance)
+LB_ALGORITHMS = {"RoundRobin": "round_robin", "LeastRequest": "least_request", "Random": "random",
+                 "RingHash": "ring_hash"}
 
 
 class Sidecar:
@@ -105,6 +113,9 @@ class Sidecar:
         self.gateway_tls: dict[tuple[str, int], ssl.SSLContext] = {}
         self.gateway_errors: list[str] = []
         self.withdraw_delay = withdraw_delay
+        self.policies = Policies()
+        self._balancer_confs: dict[str, tuple[Any, str]] = {}
+        self.rng = random.Random()
 
     # --- state from the agent ---------------------------------------------------------------------------------
 
@@ -114,21 +125,49 @@ class Sidecar:
         upstreams = {o.service: (o.endpoints, o.failover_threshold) for o in config.outbound}
         upstreams.update({name: (svc.endpoints, svc.failover_threshold) for name, svc in config.services.items()
                           if name not in upstreams})
-        for service, (endpoints, failover_threshold) in upstreams.items():
-            balancer = self.balancers.get(service)
-            if balancer is None:
-                balancer = self.balancers[service] = make_balancer(outlier=OutlierDetector())
+        self.policies = config.compiled if config.compiled is not None else Policies()
+        # A route's backend may be a subset of a service's instances (by tags): it gets a balancer of its own.
+        for outbound in self.policies.outbound.values():
+            rules = outbound.routes.rules if outbound.routes is not None else []
+            for backend in [b for rule in rules for b in rule.backends] + outbound.tcp_backends:
+                found = upstreams.get(backend.service)
+                if backend.tags and found is not None:
+                    wanted = dict(backend.tags)
+                    subset = [e for e in found[0] if all(e.tags.get(k) == v for k, v in wanted.items())]
+                    upstreams[balancer_key(backend)] = (subset, found[1])
+        for key, (endpoints, failover_threshold) in upstreams.items():
+            balancer = self.balancers.get(key)
+            breaker = self.policies.outbound.get(key.split("|")[0])
+            outlier_conf = breaker.outlier if breaker is not None else None
+            algorithm = LB_ALGORITHMS.get(breaker.load_balancer or "", DEFAULT_POLICY) if breaker else DEFAULT_POLICY
+            if balancer is None or self._balancer_confs.get(key) != (outlier_conf, algorithm):
+                # A new algorithm or outlier detection starts afresh (ejections and counts are not carried over).
+                balancer = self.balancers[key] = make_balancer(algorithm,
+                                                               outlier=self._outlier_for(key.split("|")[0]))
+                self._balancer_confs[key] = (outlier_conf, algorithm)
             # New requests see the new endpoints at once; requests in flight keep their connections.
             balancer.update((Endpoint.from_snapshot(e.model_dump()) for e in endpoints), now=now,
                             failover_threshold=failover_threshold)
-        for service in set(self.balancers) - set(upstreams):
-            del self.balancers[service]
+        for key in set(self.balancers) - set(upstreams):
+            del self.balancers[key]
         self.connector.mtls = config.mtls.enabled
         self._configure_gateway(config)
         self.metrics.config_version.clear()
         self.metrics.config_version.labels(version=self.agent.version or "saved").set(1)
         self._config_changed.set()
         self._config_changed = trio.Event()
+
+    def _outlier_for(self, service: str) -> OutlierDetector:
+        """Outlier detection as the service's MeshCircuitBreaker sets it (connect failures count always; 5xx and
+        gateway errors when a detector asks for them, see `_observer`)."""
+        policy = self.policies.outbound.get(service)
+        conf = (policy.outlier if policy is not None else None) or {}
+        detectors = conf.get("detectors") or {}
+        consecutive = min([d["consecutive"] for d in detectors.values() if d] or [5])
+        base = seconds_of(conf.get("baseEjectionTime"), 30.0)
+        return OutlierDetector(consecutive_failures=consecutive, base_ejection_time=base,
+                               max_ejection_time=max(base, 300.0),
+                               max_ejection_share=float(conf.get("maxEjectionPercent", 50)) / 100)
 
     def _configure_gateway(self, config: ProxyConfig) -> None:
         """An edge gateway's routes, and a TLS context per https listener (certificate files read now: a missing
@@ -328,7 +367,7 @@ class Sidecar:
             request.method.decode("latin-1"), lambda name: _text(headers.get(name.encode("latin-1"))))
         if service is None:
             return UpstreamError("no_route", "no route of the gateway matches", status=404)
-        return self._http_route(service)
+        return self._http_route(service, request)
 
     def _gateway_route_h2(self, fields: Fields) -> H2Target | UpstreamError:
         pseudo = {k: v for k, v in fields if k.startswith(b":")}
@@ -356,7 +395,7 @@ class Sidecar:
 
     def _route_by_host(self, request: RequestReceived) -> Upstream | UpstreamError:
         service = self._service_for_host(request.headers.get(b"host"), h2=False)
-        return service if isinstance(service, UpstreamError) else self._http_route(service)
+        return service if isinstance(service, UpstreamError) else self._http_route(service, request)
 
     def _h2_route_by_authority(self, fields: Fields) -> H2Target | UpstreamError:
         authority = next((v for k, v in fields if k == b":authority"), None)
@@ -393,6 +432,10 @@ class Sidecar:
                     return
             caller = peer_spiffe_id(peer.ssl_object) if isinstance(peer, LeanTLSStream) else None
             alpn = peer.selected_alpn_protocol() if isinstance(peer, LeanTLSStream) else None
+            guard = InboundGuard(self, spec.service, caller_service(caller))
+            if guard.connection_limited():
+                self.metrics.refused.labels(reason="rate_limited").inc()
+                return
             first = b""
             if spec.protocol in HTTP_FAMILY and alpn != ALPN_TCP:
                 if alpn is None:  # plaintext (mTLS off): what the peer speaks tells
@@ -400,11 +443,15 @@ class Sidecar:
                 else:
                     is_h2 = alpn == "h2"
                 if is_h2:
-                    await self._inbound_h2(spec, peer, caller, first)
+                    await self._inbound_h2(spec, peer, caller, first, guard)
                     return
                 if spec.protocol == "http":
-                    await self._inbound_http(spec, peer, caller, first)
+                    await self._inbound_http(spec, peer, caller, first, guard)
                     return
+            if guard.denied:
+                self.metrics.refused.labels(reason="forbidden").inc()
+                log.info("inbound %s: %s may not call %s (MeshTrafficPermission)", spec.port, caller, spec.service)
+                return  # opaque TCP: the connection closes before a byte reaches the app
             host, _, port = spec.target.rpartition(":")
             try:
                 with trio.fail_after(self.connector.connect_timeout):
@@ -446,16 +493,16 @@ class Sidecar:
         return app, dial
 
     async def _inbound_http(self, spec: ListenerSpec, peer: trio.abc.HalfCloseableStream, caller: str | None,
-                            first: bytes) -> None:
+                            first: bytes, guard: InboundGuard) -> None:
         app, dial = self._app_dialer(spec)
         upstream = Upstream(self.app_pool, app, dial)
         source = [(SOURCE_HEADER, caller.encode())] if caller else []
-        proxy = Http1Proxy(peer, lambda request: upstream, drop=frozenset({SOURCE_HEADER}),
+        proxy = Http1Proxy(peer, lambda request: guard.admit_http(upstream), drop=frozenset({SOURCE_HEADER}),
                            add=lambda request: source, initial=first)
         await proxy.serve()
 
     async def _inbound_h2(self, spec: ListenerSpec, peer: trio.abc.HalfCloseableStream, caller: str | None,
-                          first: bytes) -> None:
+                          first: bytes, guard: InboundGuard) -> None:
         """HTTP/2 from a peer sidecar: each stream to the app, over pooled connections."""
         assert self.app_h2 is not None
         app, dial = self._app_dialer(spec)
@@ -463,21 +510,80 @@ class Sidecar:
         target = H2Target(self.app_h2, app, dial) if spec.protocol != "http" else Upstream(self.app_pool, app, dial)
         # The caller's identity replaces whatever the request claimed.
         source = [(SOURCE_HEADER, caller.encode())] if caller else []
-        await H2Proxy(peer, lambda fields: target, drop=frozenset({SOURCE_HEADER}), add=source,
-                      live=self.h2_serving, initial=first).serve()
+        def route(fields: Fields) -> H2Target | Upstream | UpstreamError:
+            return guard.admit_http(target) if isinstance(target, Upstream) else guard.admit_h2(target)
 
-    def _http_route(self, service: str) -> Upstream | UpstreamError:
-        endpoint = self.pick(service, set())
-        balancer = self.balancers.get(service)
+        await H2Proxy(peer, route, drop=frozenset({SOURCE_HEADER}), add=source, live=self.h2_serving,
+                      initial=first).serve()
+
+    def _http_route(self, service: str, request: RequestReceived | None = None) -> Upstream | UpstreamError:
+        """Where one HTTP/1.1 call to `service` goes, with the policies in force: the route rule it matches (which
+        may send it to another service or a subset, and edit it), retries with their budget, the request timeout
+        and, under a MeshCircuitBreaker's detectors, passive health from its answers."""
+        policy = self.policies.outbound.get(service)
+        if policy is None:
+            return self._upstream_to(service, service)
+        rule = backend = None
+        if policy.routes is not None and request is not None:
+            rule = policy.routes.match(Request(request.method.decode("latin-1"), request.target.decode("latin-1"),
+                                               request.headers))
+            backend = rule.pick(self.rng) if rule is not None else None
+        destination = backend.service if backend is not None else service
+        key = balancer_key(backend) if backend is not None else service
+        hash_key = request.headers.get(policy.hash_header) if policy.hash_header and request is not None else None
+        upstream = self._upstream_to(destination, key, hash_key=hash_key)
+        if isinstance(upstream, UpstreamError):
+            return upstream
+        upstream.rule, upstream.timeout = rule, policy.request_timeout
+        if policy.retry is not None:
+            upstream.retry, upstream.budget = policy.retry, policy.budget
+            upstream.reroute = lambda tried: self._upstream_to(destination, key, exclude=tried, retry=True)
+        return upstream
+
+    def _upstream_to(self, service: str, key: str, *, exclude: set[Any] | None = None, retry: bool = False,
+                     hash_key: bytes | None = None) -> Upstream | UpstreamError:
+        """An endpoint of balancer `key` (the service's, or a subset's) for one attempt of an HTTP/1.1 call;
+        `hash_key` picks it under RingHash."""
+        balancer = self.balancers.get(key)
+        endpoint = balancer.pick(hash_key, exclude=exclude or set(), now=time.monotonic()) \
+            if balancer is not None else None
+        if endpoint is None and exclude and balancer is not None:
+            endpoint = balancer.pick(exclude=set(), now=time.monotonic())  # every endpoint tried: any will do
         if endpoint is None or balancer is None:
             return UpstreamError("no_healthy_upstream", f"service {service} has no endpoint")
 
         async def dial() -> tuple[EndpointKey, trio.abc.HalfCloseableStream]:
-            return await self._dial_endpoints(service, "http/1.1", first=endpoint)
+            return await self._dial_endpoints(service, "http/1.1", first=endpoint, key=key)
 
         balancer.started(endpoint)  # least-request counts requests in flight
+        if retry:
+            self.metrics.retries.labels(service=service).inc()
         # Pooled by endpoint key: two services behind one ingress address are two destinations (their SNIs).
-        return Upstream(self.mesh_pool, endpoint.key, dial, done=lambda: balancer.finished(endpoint))
+        upstream = Upstream(self.mesh_pool, endpoint.key, dial, done=lambda: balancer.finished(endpoint))
+        policy = self.policies.outbound.get(service)
+        outlier = (policy.outlier if policy is not None else None) or {}
+        detectors = outlier.get("detectors") or {} if not outlier.get("disabled") else {}
+        if detectors:
+            upstream.observe = self._observer(service, balancer, endpoint, detectors)
+        return upstream
+
+    def _observer(self, service: str, balancer: BalancerBase, endpoint: Endpoint,
+                  detectors: dict[str, Any]) -> Callable[[int | None, str | None], None]:
+        """Passive health from answers (MeshCircuitBreaker detectors): `totalFailures` counts 5xx answers and
+        resets, `gatewayFailures` 502/503/504 and connect failures; a success resets the count."""
+        gateway_only = "totalFailures" not in detectors
+
+        def observe(status: int | None, failure: str | None) -> None:
+            now = time.monotonic()
+            failed = (status is not None and (status in (502, 503, 504) if gateway_only else status >= 500)) or (
+                failure is not None and (failure == "connect_failure" or not gateway_only))
+            if not failed:
+                balancer.connect_succeeded(endpoint, now=now)
+            elif balancer.connect_failed(endpoint, now=now):
+                self.metrics.ejections.labels(service=service).inc()
+                log.warning("upstream %s: %s ejected after consecutive failures", service, endpoint.key)
+
+        return observe
 
     def _h2_route(self, service: str) -> H2Target | UpstreamError:
         """A per-request decision: the balancer picks an endpoint for each HTTP/2 stream."""
@@ -501,16 +607,17 @@ class Sidecar:
         _, stream = await self._dial_endpoints(service, alpn)
         return stream
 
-    async def _dial_endpoints(self, service: str, alpn: str, first: Endpoint | None = None,
+    async def _dial_endpoints(self, service: str, alpn: str, first: Endpoint | None = None, key: str | None = None,
                               ) -> tuple[EndpointKey, trio.abc.HalfCloseableStream]:
         """Connect to `first` or a balancer's pick; a failed connect is reported (passive health) and retried on
         another endpoint, up to CONNECT_ATTEMPTS endpoints. Returns the key of the endpoint reached (the pool key)
         and the connection."""
         tried: set[str] = set()
         last: UpstreamError | None = None
-        balancer = self.balancers.get(service)
+        key = key or service  # the balancer: the service's or, for a route to a subset, the subset's
+        balancer = self.balancers.get(key)
         for attempt in range(CONNECT_ATTEMPTS):
-            endpoint = first if attempt == 0 and first is not None else self.pick(service, tried)
+            endpoint = first if attempt == 0 and first is not None else self.pick(key, tried)
             if endpoint is None or balancer is None:
                 break
             tried.add(endpoint.key)
@@ -544,7 +651,7 @@ class Sidecar:
                     return
                 if outbound.protocol == "http":
                     if first:
-                        await Http1Proxy(stream, lambda request: self._http_route(spec.target),
+                        await Http1Proxy(stream, lambda request: self._http_route(spec.target, request),
                                          initial=first).serve()
                     return
             try:
@@ -560,6 +667,78 @@ class Sidecar:
         finally:
             self._end("outbound")
             await stream.aclose()
+
+
+class InboundGuard:
+    """The inbound policies of one connection's calls: the caller's permission, connection and request rate limits,
+    and injected faults, read from the policies in force at each request (a policy applied later also governs
+    connections already open). A denied caller's requests are answered 403 here; none reaches the app."""
+
+    def __init__(self, sidecar: Sidecar, service: str, caller: str | None) -> None:
+        self.sidecar = sidecar
+        self.service = service
+        self.caller = caller
+
+    @property
+    def policy(self) -> InboundPolicy | None:
+        return self.sidecar.policies.inbound.get(self.service)
+
+    @property
+    def denied(self) -> bool:
+        policy = self.policy
+        return policy is not None and not policy.allows(self.caller)
+
+    def connection_limited(self) -> bool:
+        policy = self.policy
+        return policy is not None and policy.limit_connection(self.caller, time.monotonic())
+
+    def verdict(self) -> UpstreamError | float:
+        """For one request: the answer to give instead of forwarding it, or the delay (seconds) to inject."""
+        policy = self.policy
+        if policy is None:
+            return 0.0
+        if not policy.allows(self.caller):
+            self.sidecar.metrics.refused.labels(reason="forbidden").inc()
+            return UpstreamError("forbidden", f"{self.caller or 'an unidentified caller'} may not call this service",
+                                 status=403)
+        limited = policy.limit_request(self.caller, time.monotonic())
+        if limited is not None:
+            rate_limit, wait = limited
+            self.sidecar.metrics.refused.labels(reason="rate_limited").inc()
+            retry_after = (b"retry-after", str(max(1, math.ceil(wait))).encode())
+            return UpstreamError("rate_limited", "too many requests", status=rate_limit.status,
+                                 headers=(retry_after, *rate_limit.headers))
+        delay, abort = policy.fault(self.caller, self.sidecar.rng)
+        if abort is not None:
+            return UpstreamError("fault_injected", "aborted by MeshFaultInjection", status=abort)
+        return delay
+
+    def admit_http(self, upstream: Upstream) -> Upstream | UpstreamError:
+        verdict = self.verdict()
+        if isinstance(verdict, UpstreamError):
+            return verdict
+        return dataclasses.replace(upstream, delay=verdict) if verdict else upstream
+
+    def admit_h2(self, target: H2Target) -> H2Target | UpstreamError:
+        """As `admit_http`; an HTTP/2 request gets no injected delay (not supported there yet)."""
+        verdict = self.verdict()
+        return verdict if isinstance(verdict, UpstreamError) else target
+
+
+def balancer_key(backend: Backend) -> str:
+    """The balancer of a route backend: the service's own, or one per subset of its instances."""
+    if not backend.tags:
+        return backend.service
+    return backend.service + "|" + ",".join(f"{k}={v}" for k, v in backend.tags)
+
+
+def seconds_of(text: str | None, default: float) -> float:
+    return parse_duration(text).total_seconds() if text else default
+
+
+def caller_service(spiffe_id: str | None) -> str | None:
+    """The service a peer's SPIFFE ID (`spiffe://<mesh>/<service>`) names."""
+    return spiffe_id.rsplit("/", 1)[1] if spiffe_id and spiffe_id.count("/") == 3 else None
 
 
 def _text(value: bytes | None) -> str | None:

@@ -26,9 +26,11 @@ ALPN_TCP = "meshcast-tcp"
 class UpstreamError(Exception):
     """A failed attempt to reach an endpoint; `reason` is the short code reported to the app and in metrics."""
 
-    def __init__(self, reason: str, detail: str, *, status: int = 503) -> None:
+    def __init__(self, reason: str, detail: str, *, status: int = 503,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self.reason = reason
         self.status = status  # what the proxy answers when this ends a request before any response
+        self.headers = headers  # and fields it adds to that answer (retry-after for a rate limit)
         super().__init__(f"{reason}: {detail}")
 
 

@@ -113,7 +113,10 @@ async def curl_json(url: str, *args: str) -> dict[str, Any]:
         done = await trio.run_process(["curl", "-sS", "--max-time", "20", *args, url], capture_stdout=True,
                                       capture_stderr=True, check=False)
     assert done.returncode == 0, done.stderr
-    return dict(json.loads(done.stdout))
+    try:
+        return dict(json.loads(done.stdout))
+    except ValueError:
+        raise AssertionError(f"not JSON from {url}: {done.stdout[:300]!r}") from None
 
 
 async def echo_roundtrip(port: int, payload: bytes) -> bytes:

@@ -1,0 +1,467 @@
+"""The policies a sidecar enforces, compiled from the `policies` section of its snapshot (pure, no IO).
+
+The zone control plane has already decided which policies apply and merged them (`meshcast.policies.resolve`); what
+arrives here is, per outbound service, the merged settings of each kind (`MeshRetry`, `MeshTimeout`, ...) and the
+ordered rules of its routes, and per inbound service the settings of each kind by caller (`*` for any caller
+without settings of its own). This module turns them into small objects the proxy asks on each connection or
+request: may this caller connect (`InboundPolicy.allows`), is there a token (`TokenBucket.take`), which fault to
+inject (`InboundPolicy.fault`), which rule and backend take this request (`RouteTable.match`, `Rule.pick`), may
+this failure be retried (`RetryPolicy.should_retry`, `RetryBudget`). Randomness and time are passed in, so every
+decision can be tested alone.
+
+Defaults where a policy leaves a field out (as Kuma's): retries 5 on 5xx, gateway errors, resets and connect
+failures for HTTP, 25 ms back-off base and 250 ms cap, retry budget 20 % plus 10 retries/s over 10 s; request
+timeout 15 s; connect timeout 5 s; rate-limit status 429.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from dataplane.config import InvalidConfig
+from meshcast.wire.duration import parse_duration
+
+ANY_CALLER = "*"
+Headers = list[tuple[bytes, bytes]]
+
+
+def seconds(text: str) -> float:
+    return parse_duration(text).total_seconds()
+
+
+# --- inbound: permissions, rate limits, faults ----------------------------------------------------------------
+
+
+class TokenBucket:
+    """A local token bucket: `num` tokens per `interval`, at most `num` saved up."""
+
+    def __init__(self, num: int, interval: float, now: float) -> None:
+        self.capacity = float(num)
+        self.rate = num / interval  # tokens per second
+        self.tokens = self.capacity
+        self.stamp = now
+
+    def take(self, now: float) -> float:
+        """0 if a token was taken; otherwise the seconds until one will be available."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    num: int
+    interval: float
+    status: int = 429
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class Fault:
+    abort_status: int | None = None
+    abort_percent: float = 0.0
+    delay: float = 0.0
+    delay_percent: float = 0.0
+
+
+@dataclass
+class InboundPolicy:
+    """What applies to calls received by one inbound, by caller (`*`: callers without settings of their own)."""
+
+    actions: dict[str, str] = field(default_factory=dict)
+    http_limits: dict[str, RateLimit | None] = field(default_factory=dict)
+    tcp_limits: dict[str, RateLimit | None] = field(default_factory=dict)
+    faults: dict[str, list[Fault]] = field(default_factory=dict)
+    _buckets: dict[tuple[str, str], TokenBucket] = field(default_factory=dict)
+
+    @staticmethod
+    def _for(table: Mapping[str, Any], caller: str | None) -> tuple[str, Any]:
+        key = caller if caller is not None and caller in table else ANY_CALLER
+        return key, table.get(key)
+
+    def allows(self, caller: str | None) -> bool:
+        """Whether `caller` (its service, None when mTLS is off) may call: the most specific permission's action;
+        allowed when none covers it. A caller without identity is covered only by `Mesh`-wide items."""
+        _, action = self._for(self.actions, caller)
+        return bool(action != "Deny")
+
+    def _limited(self, table: dict[str, RateLimit | None], kind: str, caller: str | None,
+                 now: float) -> tuple[RateLimit, float] | None:
+        key, limit = self._for(table, caller)
+        if limit is None:
+            return None
+        bucket = self._buckets.get((kind, key))
+        if bucket is None:
+            bucket = self._buckets[(kind, key)] = TokenBucket(limit.num, limit.interval, now)
+        wait = bucket.take(now)
+        return (limit, wait) if wait > 0 else None
+
+    def limit_request(self, caller: str | None, now: float) -> tuple[RateLimit, float] | None:
+        """None when the request may go on; else the limit that refused it and the seconds until a token."""
+        return self._limited(self.http_limits, "http", caller, now)
+
+    def limit_connection(self, caller: str | None, now: float) -> bool:
+        """True when a new TCP connection must be refused."""
+        return self._limited(self.tcp_limits, "tcp", caller, now) is not None
+
+    def fault(self, caller: str | None, rng: random.Random) -> tuple[float, int | None]:
+        """The delay (seconds) and the abort status (or None) to inject into one request."""
+        delay, abort = 0.0, None
+        for fault in self._for(self.faults, caller)[1] or []:
+            if fault.delay and rng.random() * 100 < fault.delay_percent:
+                delay += fault.delay
+            if abort is None and fault.abort_status is not None and rng.random() * 100 < fault.abort_percent:
+                abort = fault.abort_status
+        return delay, abort
+
+    @property
+    def empty(self) -> bool:
+        return not (self.actions or self.http_limits or self.tcp_limits or self.faults)
+
+
+def _rate_limits(by_caller: Mapping[str, Any], kind: str) -> dict[str, RateLimit | None]:
+    out: dict[str, RateLimit | None] = {}
+    for caller, conf in by_caller.items():
+        local = (conf.get("local") or {}).get(kind) or {}
+        rate = local.get("requestRate" if kind == "http" else "connectionRate")
+        if local.get("disabled") or rate is None:
+            out[caller] = None
+            continue
+        on_limit = local.get("onRateLimit") or {}
+        headers = tuple((k.encode(), str(v).encode()) for k, v in (on_limit.get("headers") or {}).items())
+        out[caller] = RateLimit(int(rate["num"]), seconds(rate["interval"]), int(on_limit.get("status", 429)),
+                                headers)
+    return out
+
+
+def compile_inbound(confs: Mapping[str, Any]) -> InboundPolicy:
+    permissions = confs.get("MeshTrafficPermission", {})
+    limits = confs.get("MeshRateLimit", {})
+    faults = confs.get("MeshFaultInjection", {})
+    return InboundPolicy(
+        actions={caller: conf["action"] for caller, conf in permissions.items()},
+        http_limits={k: v for k, v in _rate_limits(limits, "http").items() if v is not None or k != ANY_CALLER},
+        tcp_limits={k: v for k, v in _rate_limits(limits, "tcp").items() if v is not None or k != ANY_CALLER},
+        faults={caller: [Fault(
+            abort_status=(f.get("abort") or {}).get("httpStatus"),
+            abort_percent=float((f.get("abort") or {}).get("percentage", 0)),
+            delay=seconds(f["delay"]["value"]) if f.get("delay") else 0.0,
+            delay_percent=float((f.get("delay") or {}).get("percentage", 0)),
+        ) for f in conf.get("http") or []] for caller, conf in faults.items()},
+    )
+
+
+# --- outbound: routes -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    service: str
+    tags: tuple[tuple[str, str], ...] = ()  # a subset of the service's instances
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a route matches on, and what its filters change."""
+
+    method: str
+    path: str  # the request target: path and query
+    headers: Headers
+
+
+def _path_only(target: str) -> str:
+    return target.split("?", 1)[0]
+
+
+@dataclass
+class Rule:
+    match: Callable[[Request], bool]
+    backends: list[Backend]  # empty: the `to` service itself
+    request_set: Headers = field(default_factory=list)
+    request_add: Headers = field(default_factory=list)
+    request_remove: frozenset[bytes] = frozenset()
+    response_set: Headers = field(default_factory=list)
+    response_add: Headers = field(default_factory=list)
+    response_remove: frozenset[bytes] = frozenset()
+    rewrite_host: bytes | None = None
+    rewrite_path: Callable[[str], str] | None = None
+
+    def pick(self, rng: random.Random) -> Backend | None:
+        """A backend by weight (None: the `to` service itself)."""
+        if not self.backends:
+            return None
+        total = sum(b.weight for b in self.backends)
+        point = rng.random() * total
+        for backend in self.backends:
+            point -= backend.weight
+            if point < 0 and backend.weight:
+                return backend
+        return next(b for b in reversed(self.backends) if b.weight)
+
+    @property
+    def edits_request(self) -> bool:
+        return bool(self.request_set or self.request_add or self.request_remove or self.rewrite_host
+                    or self.rewrite_path)
+
+    @property
+    def edits_response(self) -> bool:
+        return bool(self.response_set or self.response_add or self.response_remove)
+
+    def edit_request(self, target: bytes, headers: Headers) -> tuple[bytes, Headers]:
+        if self.rewrite_path is not None:
+            text = target.decode("latin-1")
+            path, sep, query = text.partition("?")
+            target = (self.rewrite_path(path) + sep + query).encode("latin-1")
+        headers = edit_headers(headers, self.request_set, self.request_add, self.request_remove)
+        if self.rewrite_host is not None:
+            headers = [(k, v) for k, v in headers if k.lower() != b"host"] + [(b"host", self.rewrite_host)]
+        return target, headers
+
+    def edit_response(self, headers: Headers) -> Headers:
+        return edit_headers(headers, self.response_set, self.response_add, self.response_remove)
+
+
+def edit_headers(headers: Iterable[tuple[bytes, bytes]], set_: Headers, add: Headers,
+                 remove: frozenset[bytes]) -> Headers:
+    replaced = remove | {name for name, _ in set_}
+    return [(k, v) for k, v in headers if k.lower() not in replaced] + set_ + add
+
+
+def _path_matcher(spec: Mapping[str, Any]) -> Callable[[str], bool]:
+    kind, value = spec.get("type", "PathPrefix"), spec["value"]
+    if kind == "Exact":
+        return lambda path: path == value
+    if kind == "RegularExpression":
+        pattern = re.compile(value)
+        return lambda path: pattern.fullmatch(path) is not None
+    prefix = value.rstrip("/")  # element-wise: /api matches /api and /api/x, not /apix
+    return lambda path: not prefix or path == prefix or path.startswith(prefix + "/")
+
+
+def _header_matcher(spec: Mapping[str, Any]) -> Callable[[Headers], bool]:
+    name, kind, value = spec["name"].encode(), spec.get("type", "Exact"), str(spec.get("value") or "")
+
+    def values(headers: Headers) -> list[str]:
+        return [v.decode("latin-1") for k, v in headers if k.lower() == name]
+
+    if kind == "Present":
+        return lambda headers: bool(values(headers))
+    if kind == "Absent":
+        return lambda headers: not values(headers)
+    if kind == "Prefix":
+        return lambda headers: any(v.startswith(value) for v in values(headers))
+    if kind == "RegularExpression":
+        pattern = re.compile(value or "")
+        return lambda headers: any(pattern.fullmatch(v) for v in values(headers))
+    return lambda headers: value in values(headers)
+
+
+def _query_matcher(spec: Mapping[str, Any]) -> Callable[[str], bool]:
+    name, kind, value = spec["name"], spec.get("type", "Exact"), spec["value"]
+    pattern = re.compile(value) if kind == "RegularExpression" else None
+
+    def matches(target: str) -> bool:
+        query = target.partition("?")[2]
+        found = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == name]
+        return any(pattern.fullmatch(v) if pattern else v == value for v in found)
+
+    return matches
+
+
+def _matcher(spec: Mapping[str, Any]) -> Callable[[Request], bool]:
+    path = _path_matcher(spec["path"]) if spec.get("path") else None
+    method = spec.get("method")
+    headers = [_header_matcher(h) for h in spec.get("headers", [])]
+    queries = [_query_matcher(q) for q in spec.get("queryParams", [])]
+
+    def match(request: Request) -> bool:
+        return ((path is None or path(_path_only(request.path))) and (method is None or request.method == method)
+                and all(h(request.headers) for h in headers) and all(q(request.path) for q in queries))
+
+    return match
+
+
+def _modifier(spec: Mapping[str, Any] | None) -> tuple[Headers, Headers, frozenset[bytes]]:
+    spec = spec or {}
+    return ([(h["name"].encode(), h["value"].encode()) for h in spec.get("set", [])],
+            [(h["name"].encode(), h["value"].encode()) for h in spec.get("add", [])],
+            frozenset(name.encode() for name in spec.get("remove", [])))
+
+
+def _rewrite(spec: Mapping[str, Any], match: Mapping[str, Any]) -> Callable[[str], str]:
+    if spec["type"] == "ReplaceFullPath":
+        full = spec["replaceFullPath"]
+        return lambda path: full
+    replacement = spec["replacePrefixMatch"].rstrip("/")
+    prefix = ((match.get("path") or {}).get("value") or "/").rstrip("/")
+    return lambda path: (replacement + path[len(prefix):]) or "/"
+
+
+def compile_rule(conf: Mapping[str, Any]) -> Rule:
+    match = conf.get("match") or {}
+    rule = Rule(match=_matcher(match), backends=[
+        Backend(ref["name"], tuple(sorted((ref.get("tags") or {}).items())), int(ref.get("weight", 1)))
+        for ref in conf.get("backendRefs") or []])
+    for flt in conf.get("filters", []):
+        if flt["type"] == "RequestHeaderModifier":
+            rule.request_set, rule.request_add, rule.request_remove = _modifier(flt.get("requestHeaderModifier"))
+        elif flt["type"] == "ResponseHeaderModifier":
+            rule.response_set, rule.response_add, rule.response_remove = _modifier(
+                flt.get("responseHeaderModifier"))
+        elif flt["type"] == "URLRewrite":
+            rewrite = flt.get("urlRewrite") or {}
+            if rewrite.get("hostname"):
+                rule.rewrite_host = rewrite["hostname"].encode()
+            if rewrite.get("path"):
+                rule.rewrite_path = _rewrite(rewrite["path"], match)
+    return rule
+
+
+@dataclass
+class RouteTable:
+    rules: list[Rule]
+
+    def match(self, request: Request) -> Rule | None:
+        for rule in self.rules:
+            if rule.match(request):
+                return rule
+        return None
+
+
+# --- outbound: retries and timeouts ---------------------------------------------------------------------------
+
+GATEWAY_ERRORS = frozenset({502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    num_retries: int = 5
+    per_try_timeout: float | None = None
+    base_interval: float = 0.025
+    max_interval: float = 0.25
+    on: frozenset[str] = frozenset({"5xx", "GatewayError", "Reset", "ConnectFailure"})
+
+    def should_retry(self, *, status: int | None = None, failure: str | None = None) -> bool:
+        """Whether a response `status`, or a `failure` before any response (reset, connect_failure), is retried."""
+        if status is not None:
+            return ((status >= 500 and "5xx" in self.on) or (status in GATEWAY_ERRORS and "GatewayError" in self.on)
+                    or (status == 409 and "Retriable4xx" in self.on) or str(status) in self.on)
+        if failure == "reset":
+            return "Reset" in self.on or "5xx" in self.on
+        if failure == "connect_failure":
+            return bool({"ConnectFailure", "GatewayError", "5xx"} & self.on)
+        return False
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        """Full jitter: a random wait up to base x 2^(retry-1), capped at the max interval."""
+        return float(rng.random() * min(self.max_interval, self.base_interval * (2 ** (retry - 1))))
+
+
+class RetryBudget:
+    """Retries allowed: `percent` of the requests seen in the last `ttl` seconds plus `min_per_second` x `ttl`
+    (Linkerd's budget), counted in one-second slots."""
+
+    def __init__(self, percent: float = 20.0, min_per_second: float = 10.0, ttl: float = 10.0) -> None:
+        self.percent, self.min_per_second, self.ttl = percent, min_per_second, ttl
+        self._slots: dict[int, list[int]] = {}  # second -> [requests, retries]
+
+    def _window(self, now: float) -> tuple[int, int]:
+        oldest = int(now - self.ttl)
+        for second in [s for s in self._slots if s <= oldest]:
+            del self._slots[second]
+        return sum(s[0] for s in self._slots.values()), sum(s[1] for s in self._slots.values())
+
+    def request(self, now: float) -> None:
+        self._slots.setdefault(int(now), [0, 0])[0] += 1
+
+    def try_retry(self, now: float) -> bool:
+        """Spend one retry if the budget allows it."""
+        requests, retries = self._window(now)
+        if retries + 1 > requests * self.percent / 100 + self.min_per_second * self.ttl:
+            return False
+        self._slots.setdefault(int(now), [0, 0])[1] += 1
+        return True
+
+
+@dataclass
+class OutboundPolicy:
+    """What applies to calls to one service."""
+
+    routes: RouteTable | None = None
+    retry: RetryPolicy | None = None
+    budget: RetryBudget | None = None
+    request_timeout: float | None = None
+    connect_timeout: float | None = None
+    idle_timeout: float | None = None
+    tcp_backends: list[Backend] = field(default_factory=list)
+    load_balancer: str | None = None
+    hash_header: bytes | None = None
+    outlier: Mapping[str, Any] | None = None
+
+
+def compile_outbound(confs: Mapping[str, Any]) -> OutboundPolicy:
+    policy = OutboundPolicy()
+    rules = confs.get("MeshHTTPRoute")
+    if rules:
+        policy.routes = RouteTable([compile_rule(rule) for rule in rules])
+    retry = confs.get("MeshRetry")
+    if retry is not None and retry.get("http") is not None:
+        http = retry["http"]
+        back_off = http.get("backOff") or {}
+        base = seconds(back_off["baseInterval"]) if "baseInterval" in back_off else 0.025
+        policy.retry = RetryPolicy(
+            num_retries=int(http.get("numRetries", 5)),
+            per_try_timeout=seconds(http["perTryTimeout"]) if "perTryTimeout" in http else None,
+            base_interval=base,
+            max_interval=seconds(back_off["maxInterval"]) if "maxInterval" in back_off else 10 * base,
+            on=frozenset(http.get("retryOn") or RetryPolicy.on))
+        budget = retry.get("budget") or {}
+        policy.budget = RetryBudget(float(budget.get("percent", 20)), float(budget.get("minRetriesPerSecond", 10)),
+                                    seconds(budget["ttl"]) if "ttl" in budget else 10.0)
+    timeout = confs.get("MeshTimeout") or {}
+    http_timeouts = timeout.get("http") or {}
+    if "requestTimeout" in http_timeouts:
+        policy.request_timeout = seconds(http_timeouts["requestTimeout"])
+    if "connectionTimeout" in timeout:
+        policy.connect_timeout = seconds(timeout["connectionTimeout"])
+    if "idleTimeout" in timeout:
+        policy.idle_timeout = seconds(timeout["idleTimeout"])
+    tcp = confs.get("MeshTCPRoute")
+    if tcp is not None:
+        policy.tcp_backends = [Backend(ref["name"], tuple(sorted((ref.get("tags") or {}).items())),
+                                       int(ref.get("weight", 1))) for ref in tcp["backendRefs"]]
+    balancing = (confs.get("MeshLoadBalancingStrategy") or {}).get("loadBalancer") or {}
+    if balancing:
+        policy.load_balancer = balancing["type"]
+        policy.hash_header = balancing["hashHeader"].encode() if balancing.get("hashHeader") else None
+    breaker = confs.get("MeshCircuitBreaker") or {}
+    policy.outlier = breaker.get("outlierDetection")
+    return policy
+
+
+@dataclass
+class Policies:
+    inbound: dict[str, InboundPolicy] = field(default_factory=dict)
+    outbound: dict[str, OutboundPolicy] = field(default_factory=dict)
+    proxy: Mapping[str, Any] = field(default_factory=dict)
+
+
+def compile_policies(wire: Mapping[str, Any]) -> Policies:
+    """Compile a snapshot's `policies`; raise InvalidConfig (the sidecar NACKs) if they do not make sense."""
+    try:
+        return Policies(
+            inbound={svc: compile_inbound(confs) for svc, confs in (wire.get("inbound") or {}).items()},
+            outbound={svc: compile_outbound(confs) for svc, confs in (wire.get("outbound") or {}).items()},
+            proxy=wire.get("proxy") or {},
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, re.error) as exc:
+        raise InvalidConfig(f"policies: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,320 @@
+"""Traffic policies enforced by real sidecars (issue 6): each test applies a policy at the zone CP with `meshcast
+apply`, waits until the caller's or the callee's sidecar has it, sends real HTTP/1.1 traffic through the mesh and
+measures the outcome; the policy is deleted again at the end of each test.
+
+Topology (one zone CP, memory store, mTLS on): `web` (a client, its sidecar with an outbound to `backend`),
+`backend` instances `backend-v1` (tags version=v1) and `backend-v2` (version=v2), and `other` (a second caller
+with an outbound to `backend`, so permissions can tell callers apart). Each backend app counts what it received
+and can be told to fail a share of its requests or to answer slowly.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.test_federation import wait_for
+from tests.support.ports import free_port
+from tests.support.sidecar import SidecarProcess
+from tests.support.zone import ZoneCPProcess
+
+pytestmark = pytest.mark.slow
+
+
+class App:
+    """A backend answering its name; `fail` is the share of requests answered 503, `delay` seconds before any."""
+
+    def __init__(self, name: str) -> None:
+        app = self
+        self.name = name
+        self.fail = 0.0
+        self.delay = 0.0
+        self.received = 0
+        self.headers: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+        self._rng = random.Random(7)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            wbufsize = 65536  # head and body leave in one write (no Nagle / delayed-ACK stall between them)
+
+            def do_GET(self) -> None:
+                with app._lock:
+                    app.received += 1
+                    app.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    failing = app._rng.random() < app.fail
+                if app.delay:
+                    time.sleep(app.delay)
+                body = json.dumps({"server": app.name, "path": self.path}).encode()
+                self.send_response(503 if failing else 200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.fail, self.delay, self.received = 0.0, 0.0, 0
+            self.headers.clear()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def dataplane(name: str, service: str, app_port: int, tags: dict[str, str] | None = None,
+              outbound: int | None = None) -> dict[str, Any]:
+    return {"type": "Dataplane", "mesh": "default", "name": name, "spec": {
+        "address": "127.0.0.1",
+        "inbound": [{"port": free_port(), "appPort": app_port, "service": service, "protocol": "http",
+                     "tags": tags or {}}],
+        "outbound": [{"port": outbound, "service": "backend"}] if outbound else []}}
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("policies")
+    cp = ZoneCPProcess(tmp / "cp", "--heartbeat-timeout", "3", "--heartbeat-interval", "0.5")
+    apps = {name: App(name) for name in ("backend-v1", "backend-v2", "web", "other")}
+    outs = {"web": free_port(), "other": free_port()}
+    started: list[SidecarProcess] = []
+    try:
+        cp.start()
+        cp_apply(cp, {"type": "Mesh", "name": "default", "spec": {"mtls": {}}})
+        docs = [dataplane("backend-v1", "backend", apps["backend-v1"].port, {"version": "v1"}),
+                dataplane("backend-v2", "backend", apps["backend-v2"].port, {"version": "v2"}),
+                dataplane("web", "web", apps["web"].port, outbound=outs["web"]),
+                dataplane("other", "other", apps["other"].port, outbound=outs["other"])]
+        sidecars = {}
+        for doc in docs:
+            sidecar = SidecarProcess(tmp / doc["name"], cp.url, cp.token(doc["spec"]["inbound"][0]["service"]), doc)
+            started.append(sidecar)
+            sidecar.start()
+            sidecars[doc["name"]] = sidecar
+        client = httpx.Client(timeout=10)
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in outs.items()}
+        wait_for(lambda: {client.get(urls["web"] + "/warm").json()["server"] for _ in range(8)} ==
+                 {"backend-v1", "backend-v2"}, "web reaches both backends", timeout=30)
+        yield {"cp": cp, "apps": apps, "urls": urls, "sidecars": sidecars, "client": client}
+        client.close()
+    finally:
+        for sidecar in started:
+            sidecar.stop()
+        cp.stop()
+        for app in apps.values():
+            app.close()
+
+
+@pytest.fixture
+def world(mesh: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The mesh, with the backends reset before and the test's policies deleted after."""
+    for app in mesh["apps"].values():
+        app.reset()
+    applied: list[tuple[str, str]] = []
+    mesh["applied"] = applied
+    yield mesh
+    for kind, name in applied:
+        result = mesh["cp"].cli("delete", kind, name)
+        assert result.returncode == 0, result.stderr
+    for kind, name in applied:
+        wait_for(lambda kind=kind: not has_policy(mesh, kind), f"{kind} {name} gone from the sidecars")
+
+
+def cp_apply(cp: ZoneCPProcess, doc: dict[str, Any]) -> None:
+    result = cp.cli("apply", "-f", "-", stdin=json.dumps(doc))
+    assert result.returncode == 0, result.stderr
+
+
+def sidecar_policies(sidecar: SidecarProcess) -> dict[str, Any]:
+    return dict(httpx.get(sidecar.admin + "/config", timeout=5).json()["config"].get("policies") or {})
+
+
+def has_policy(world: dict[str, Any], kind: str) -> bool:
+    return any(kind in json.dumps(sidecar_policies(s)) for s in world["sidecars"].values())
+
+
+def apply_policy(world: dict[str, Any], kind: str, name: str, spec: dict[str, Any], at: str) -> None:
+    """Apply a policy and wait until the sidecar `at` enforces it."""
+    cp_apply(world["cp"], {"type": kind, "mesh": "default", "name": name, "spec": spec})
+    world["applied"].append((kind, name))
+    wait_for(lambda: kind in json.dumps(sidecar_policies(world["sidecars"][at])), f"{kind} at {at}")
+
+
+def calls(world: dict[str, Any], n: int, caller: str = "web", path: str = "/x", workers: int = 8,
+          headers: dict[str, str] | None = None) -> list[httpx.Response]:
+    url = world["urls"][caller] + path
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda _: world["client"].get(url, headers=headers), range(n)))
+
+
+def test_a_denied_caller_gets_403_and_the_app_sees_nothing(world: dict[str, Any]) -> None:
+    apply_policy(world, "MeshTrafficPermission", "backend-only-web", {
+        "targetRef": {"kind": "MeshService", "name": "backend"},
+        "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Deny"}},
+                 {"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"action": "Allow"}}]},
+        at="backend-v1")
+    wait_for(lambda: "MeshTrafficPermission" in json.dumps(sidecar_policies(world["sidecars"]["backend-v2"])),
+             "the permission at backend-v2")
+    before = world["apps"]["backend-v1"].received + world["apps"]["backend-v2"].received
+    denied = calls(world, 50, caller="other")
+    assert Counter(r.status_code for r in denied) == {403: 50}
+    assert {r.headers["x-meshcast-error"] for r in denied} == {"forbidden"}
+    assert world["apps"]["backend-v1"].received + world["apps"]["backend-v2"].received == before  # nothing logged
+    allowed = calls(world, 50, caller="web")
+    assert Counter(r.status_code for r in allowed) == {200: 50}
+
+
+def test_a_90_10_split_between_subsets(world: dict[str, Any]) -> None:
+    apply_policy(world, "MeshHTTPRoute", "backend-canary", {
+        "targetRef": {"kind": "MeshService", "name": "web"},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [{
+            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+            "default": {"backendRefs": [
+                {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v1"}, "weight": 90},
+                {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}, "weight": 10}],
+                "filters": [{"type": "RequestHeaderModifier",
+                             "requestHeaderModifier": {"set": [{"name": "x-route", "value": "canary"}]}}]}}]}]},
+        at="web")
+    answers = calls(world, 2000)
+    servers = Counter(r.json()["server"] for r in answers if r.status_code == 200)
+    assert sum(servers.values()) == 2000, Counter(r.status_code for r in answers)
+    share = servers["backend-v2"] / 2000 * 100
+    print(f"MEASURED 90/10 split: v2 got {share:.1f}% of 2,000 requests")
+    assert 5 <= share <= 15
+    assert world["apps"]["backend-v1"].headers[-1].get("x-route") == "canary"
+
+
+def test_retries_hide_a_30_percent_failure_within_the_budget(world: dict[str, Any]) -> None:
+    for name in ("backend-v1", "backend-v2"):
+        world["apps"][name].fail = 0.3
+    baseline = calls(world, 300)
+    baseline_ok = sum(r.status_code == 200 for r in baseline) / len(baseline)
+    apply_policy(world, "MeshRetry", "backend-retries", {"to": [{
+        "targetRef": {"kind": "MeshService", "name": "backend"},
+        "default": {"http": {"numRetries": 5, "retryOn": ["503"], "backOff": {"baseInterval": "5ms"}},
+                    "budget": {"percent": 50, "minRetriesPerSecond": 5}}}]}, at="web")
+    for name in ("backend-v1", "backend-v2"):
+        world["apps"][name].received = 0
+    answers = calls(world, 2000)
+    ok = sum(r.status_code == 200 for r in answers) / len(answers)
+    sent = world["apps"]["backend-v1"].received + world["apps"]["backend-v2"].received
+    print(f"MEASURED retries: success {baseline_ok:.1%} without, {ok:.2%} with MeshRetry; "
+          f"{sent} requests reached the backends for 2,000 calls ({sent / 2000 - 1:.1%} extra)")
+    assert baseline_ok < 0.8 and ok >= 0.995
+    assert sent <= 2000 * 1.5 + 5 * 10 + 50  # the budget: 50 % of the requests plus 5/s over 10 s
+
+
+def test_the_retry_budget_caps_extra_load_when_everything_fails(world: dict[str, Any]) -> None:
+    for name in ("backend-v1", "backend-v2"):
+        world["apps"][name].fail = 1.0
+    apply_policy(world, "MeshRetry", "backend-retries-default-budget", {"to": [{
+        "targetRef": {"kind": "MeshService", "name": "backend"},
+        "default": {"http": {"numRetries": 5, "retryOn": ["5xx"], "backOff": {"baseInterval": "1ms"}},
+                    "budget": {"minRetriesPerSecond": 1, "ttl": "10s"}}}]}, at="web")
+    for name in ("backend-v1", "backend-v2"):
+        world["apps"][name].received = 0
+    answers = calls(world, 500)
+    sent = world["apps"]["backend-v1"].received + world["apps"]["backend-v2"].received
+    print(f"MEASURED retry budget: {sent} requests reached failing backends for 500 calls "
+          f"(without a budget up to {500 * 6})")
+    assert {r.status_code for r in answers} == {503}
+    assert sent <= 500 * 1.2 + 1 * 10 + 1  # 20 % of the requests plus 1/s over 10 s
+
+
+def test_a_request_timeout_answers_504(world: dict[str, Any]) -> None:
+    for name in ("backend-v1", "backend-v2"):
+        world["apps"][name].delay = 1.5
+    apply_policy(world, "MeshTimeout", "backend-fast", {"to": [{
+        "targetRef": {"kind": "MeshService", "name": "backend"},
+        "default": {"http": {"requestTimeout": "300ms"}}}]}, at="web")
+    started = time.monotonic()
+    answer = world["client"].get(world["urls"]["web"] + "/slow")
+    took = time.monotonic() - started
+    print(f"MEASURED request timeout 300ms: answered {answer.status_code} after {took * 1000:.0f} ms")
+    assert answer.status_code == 504 and answer.headers["x-meshcast-error"] == "request_timeout"
+
+
+def test_rate_limit_admits_the_configured_rate(world: dict[str, Any]) -> None:
+    apply_policy(world, "MeshRateLimit", "backend-20rps", {
+        "targetRef": {"kind": "MeshService", "name": "backend"},
+        "from": [{"targetRef": {"kind": "Mesh"}, "default": {"local": {"http": {
+            "requestRate": {"num": 20, "interval": "1s"}, "onRateLimit": {"headers": {"x-limited": "yes"}}}}}}]},
+        at="backend-v1")
+    wait_for(lambda: "MeshRateLimit" in json.dumps(sidecar_policies(world["sidecars"]["backend-v2"])),
+             "the limit at backend-v2")
+    time.sleep(1.1)  # full buckets
+    duration = 4.0
+    statuses: list[int] = []
+    limited: list[httpx.Response] = []
+    lock = threading.Lock()
+    started = time.monotonic()
+
+    def load() -> None:  # more than the limit: as fast as four callers go, over both instances
+        while time.monotonic() < started + duration:
+            answer = world["client"].get(world["urls"]["web"] + "/x")
+            with lock:
+                statuses.append(answer.status_code)
+                if answer.status_code == 429:
+                    limited.append(answer)
+
+    with ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(load) for _ in range(4)]:
+            future.result()
+    admitted = statuses.count(200)
+    expected = 2 * (20 + 20 * duration)  # two instances: a burst of 20 each, then 20/s each
+    print(f"MEASURED rate limit 20/s per instance x 2 over {duration:.0f} s: {admitted} admitted "
+          f"(expected {expected:.0f}), {len(limited)} refused with 429 of {len(statuses)}")
+    assert set(statuses) <= {200, 429} and limited
+    assert abs(admitted - expected) <= 0.1 * expected
+    assert limited[0].headers["x-limited"] == "yes" and int(limited[0].headers["retry-after"]) >= 1
+
+
+def test_fault_injection_aborts_the_configured_share(world: dict[str, Any]) -> None:
+    apply_policy(world, "MeshFaultInjection", "backend-chaos", {
+        "targetRef": {"kind": "MeshService", "name": "backend"},
+        "from": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"http": [
+            {"abort": {"httpStatus": 500, "percentage": 30}}]}}]}, at="backend-v1")
+    wait_for(lambda: "MeshFaultInjection" in json.dumps(sidecar_policies(world["sidecars"]["backend-v2"])),
+             "the fault at backend-v2")
+    answers = calls(world, 2000)
+    aborted = sum(r.status_code == 500 for r in answers)
+    print(f"MEASURED fault injection 30% abort: {aborted / 20:.1f}% of 2,000 requests aborted")
+    assert 25 <= aborted / 20 <= 35
+    assert sum(r.status_code == 200 for r in answers) == 2000 - aborted
+    # the other caller is not covered by the fault
+    assert {r.status_code for r in calls(world, 50, caller="other")} == {200}
+
+
+def test_a_circuit_breaker_ejects_a_failing_instance_and_brings_it_back(world: dict[str, Any]) -> None:
+    world["apps"]["backend-v2"].fail = 1.0
+    apply_policy(world, "MeshCircuitBreaker", "backend-breaker", {"to": [{
+        "targetRef": {"kind": "MeshService", "name": "backend"},
+        "default": {"outlierDetection": {"baseEjectionTime": "2s", "maxEjectionPercent": 50,
+                                         "detectors": {"totalFailures": {"consecutive": 3}}}}}]}, at="web")
+    answers = calls(world, 40, workers=1)
+    failures = [r for r in answers if r.status_code == 503]
+    assert len(failures) == 3, [r.status_code for r in answers]  # ejected after the 3rd consecutive 5xx
+    assert all(r.status_code == 200 for r in answers[answers.index(failures[-1]) + 1:])
+    world["apps"]["backend-v2"].fail = 0.0
+    world["apps"]["backend-v2"].received = 0
+    time.sleep(2.2)  # the ejection time
+    calls(world, 20, workers=1)
+    assert world["apps"]["backend-v2"].received > 0  # back in rotation
