@@ -34,6 +34,7 @@ from dataplane.codec.events import (
     ResponseReceived,
 )
 from dataplane.codec.http1 import ClientConnection, ServerConnection, serialize_response_head
+from dataplane.observe.exchange import TRACE_HEADERS, Exchange
 from dataplane.policy import RetryBudget, RetryPolicy, Rule
 from dataplane.splice import splice
 from dataplane.transport.pool import ConnectionPool, Pooled
@@ -142,6 +143,7 @@ class Upstream:
     timeout: float | None = None
     delay: float = 0.0
     observe: Callable[[int | None, str | None], None] | None = None
+    service: str | None = None  # the service the call goes to (metrics, logs, spans)
 
 
 Check = Callable[[int | None, str | None], bool]  # an attempt's status or failure -> try again?
@@ -180,8 +182,15 @@ class Http1Proxy:
         idle_timeout: float = 60.0,
         header_timeout: float = 10.0,
         response_timeout: float = 15.0,
+        observe: Callable[[RequestReceived], Exchange | None] | None = None,
     ) -> None:
+        """`observe` starts the observation (metrics, access log, span) of each request."""
         self.downstream = downstream
+        self.observe = observe
+        self._exchange_seen: Exchange | None = None  # of the request in progress
+        self._status: int | None = None  # sent downstream for the request in progress
+        self._flags: str | None = None  # why the proxy answered or cut it short
+        self._bytes_in = self._bytes_out = 0
         self.server = ServerConnection()
         self.reader = EventReader(self.server, downstream, initial)
         self.route = route
@@ -250,11 +259,30 @@ class Http1Proxy:
         """Forward one request and its response; False when the downstream connection must close."""
         if request.body_length == 0 and request.upgrade is None:
             await self.reader.skip_end_of_bodyless()
+        seen = self._exchange_seen = self.observe(request) if self.observe is not None else None
+        self._status = self._flags = None
+        self._bytes_in = self._bytes_out = 0
+        retries = self.retries
+        try:
+            return await self._route_and_forward(request, seen)
+        finally:
+            if seen is not None:
+                seen.finish(status=self._status, bytes_received=self._bytes_in, bytes_sent=self._bytes_out,
+                            retries=self.retries - retries, flags=self._flags)
+
+    async def _answer(self, status: int, reason: str, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        """Answer the request in progress ourselves (an error or a policy's refusal)."""
+        self._status, self._flags = status, reason
+        await self._send_quietly(error_bytes(self.server, status, reason, extra))
+
+    async def _route_and_forward(self, request: RequestReceived, seen: Exchange | None) -> bool:
         target = self.route(request)
         if isinstance(target, UpstreamError):
             await self._drain_request_body(request)
-            await self._send_quietly(error_bytes(self.server, target.status, target.reason, target.headers))
+            await self._answer(target.status, target.reason, target.headers)
             return not self.server.must_close
+        if seen is not None and target.service is not None:
+            seen.destination = target.service
         try:
             if target.delay:
                 await trio.sleep(target.delay)
@@ -265,7 +293,7 @@ class Http1Proxy:
                 keep = await self._attempts(request, target)
             if scope.cancelled_caught:
                 if not self._head_sent:
-                    await self._send_quietly(error_bytes(self.server, 504, "request_timeout"))
+                    await self._answer(504, "request_timeout")
                 return False
             return keep
         finally:
@@ -312,15 +340,19 @@ class Http1Proxy:
             following = target.reroute(tried) if target.reroute is not None else target
             if isinstance(following, UpstreamError):
                 self.retries += retries
-                await self._send_quietly(error_bytes(self.server, following.status, following.reason))
+                await self._answer(following.status, following.reason)
                 return not self.server.must_close
             current = following
 
     async def _exchange_with(self, request: RequestReceived, target: Upstream, check: Check,
                              attempt_timeout: float | None) -> str:
         """One attempt: keep | close | again (the attempt failed and `check` wants another)."""
-        headers = forwarded_headers(request.headers, drop=self.drop, add=self.add(request),
-                                    keep_upgrade=request.upgrade is not None)
+        seen = self._exchange_seen
+        trace = seen.headers if seen is not None else []
+        if seen is not None:
+            seen.upstream = str(target.key)
+        headers = forwarded_headers(request.headers, drop=self.drop | TRACE_HEADERS if trace else self.drop,
+                                    add=[*self.add(request), *trace], keep_upgrade=request.upgrade is not None)
         path = request.target
         if target.rule is not None and target.rule.edits_request:
             path, headers = target.rule.edit_request(path, headers)
@@ -335,7 +367,7 @@ class Http1Proxy:
                     if check(None, "connect_failure"):
                         return "again"
                     await self._drain_request_body(request)
-                    await self._send_quietly(error_bytes(self.server, 503, exc.reason))
+                    await self._answer(503, exc.reason)
                     return "keep" if not self.server.must_close else "close"
                 conn = Pooled(stream, ClientConnection())
                 target.pool.created += 1
@@ -349,7 +381,7 @@ class Http1Proxy:
                     continue  # a pooled connection the upstream had closed: once more on a fresh one
                 if check(None, "reset"):
                     return "again"
-                await self._send_quietly(error_bytes(self.server, 502, "upstream_reset"))
+                await self._answer(502, "upstream_reset")
                 return "keep" if not self.server.must_close else "close"
             if outcome == "again":
                 return "again"
@@ -397,14 +429,14 @@ class Http1Proxy:
                 else:
                     status, reason = (502, "bad_upstream_response") if isinstance(exc, ProtocolViolation) \
                         else (502, "upstream_reset")
-                    await self._send_quietly(error_bytes(self.server, status, reason))
+                    await self._answer(status, reason)
                     result = "done" if state["request_done"] and not self.server.must_close else "close"
             except trio.TooSlowError:
                 if not state["head_sent"]:
                     if check(504, None):  # a per-try timeout counts as a gateway error
                         result = "again"
                     else:
-                        await self._send_quietly(error_bytes(self.server, 504, "timeout"))
+                        await self._answer(504, "timeout")
                         result = "close"
                 else:
                     result = "close"
@@ -425,6 +457,7 @@ class Http1Proxy:
             while True:
                 event = await self.reader.next()
                 if isinstance(event, DataReceived):
+                    self._bytes_in += len(event.data)
                     await upstream.send_all(client.send_data(event.data))
                 elif isinstance(event, MessageCompleted):
                     await upstream.send_all(client.send_end(event.trailers))
@@ -457,6 +490,7 @@ class Http1Proxy:
         pending = bytearray(self.server.send_response(response.status, headers, reason=response.reason,
                                                       body_length=response.body_length))
         state["head_sent"] = self._head_sent = True
+        self._status = response.status
         if response.status == 101:
             await self.downstream.send_all(pending)
             return "switched"
@@ -468,6 +502,7 @@ class Http1Proxy:
                 pending.clear()
             event = await up.next()
             if isinstance(event, DataReceived):
+                self._bytes_out += len(event.data)
                 pending += self.server.send_data(event.data)
             elif isinstance(event, MessageCompleted):
                 pending += self.server.send_end(event.trailers)

@@ -17,9 +17,6 @@ class SidecarMetrics:
                                          "connection reused is not one)", ["service"], registry=registry)
         self.refused = Counter("meshcast_dp_inbound_refused", "Inbound connections refused before the app",
                                ["reason"], registry=registry)
-        self.retries = Counter("meshcast_dp_retries", "Requests retried (MeshRetry)", ["service"], registry=registry)
-        self.ejections = Counter("meshcast_dp_ejections", "Endpoints ejected by outlier detection", ["service"],
-                                 registry=registry)
         self.bytes = Counter("meshcast_dp_bytes", "Bytes proxied", ["direction"], registry=registry)
         self.cert_expiry = Gauge("meshcast_dp_certificate_expiry_timestamp_seconds",
                                  "When the sidecar's certificate expires (Unix time)", registry=registry)

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from dataplane.config import InvalidConfig
+from dataplane.healthcheck import HealthCheckSpec
 from meshcast.wire.duration import parse_duration
 
 ANY_CALLER = "*"
@@ -80,6 +81,7 @@ class InboundPolicy:
     http_limits: dict[str, RateLimit | None] = field(default_factory=dict)
     tcp_limits: dict[str, RateLimit | None] = field(default_factory=dict)
     faults: dict[str, list[Fault]] = field(default_factory=dict)
+    access_logs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # caller -> MeshAccessLog file paths
     _buckets: dict[tuple[str, str], TokenBucket] = field(default_factory=dict)
 
     @staticmethod
@@ -122,9 +124,9 @@ class InboundPolicy:
                 abort = fault.abort_status
         return delay, abort
 
-    @property
-    def empty(self) -> bool:
-        return not (self.actions or self.http_limits or self.tcp_limits or self.faults)
+    def logs(self, caller: str | None) -> tuple[str, ...]:
+        """The access-log paths for a call from `caller`."""
+        return self._for(self.access_logs, caller)[1] or ()
 
 
 def _rate_limits(by_caller: Mapping[str, Any], kind: str) -> dict[str, RateLimit | None]:
@@ -146,7 +148,9 @@ def compile_inbound(confs: Mapping[str, Any]) -> InboundPolicy:
     permissions = confs.get("MeshTrafficPermission", {})
     limits = confs.get("MeshRateLimit", {})
     faults = confs.get("MeshFaultInjection", {})
+    logs = confs.get("MeshAccessLog", {})
     return InboundPolicy(
+        access_logs={caller: _log_paths(conf) for caller, conf in logs.items()},
         actions={caller: conf["action"] for caller, conf in permissions.items()},
         http_limits={k: v for k, v in _rate_limits(limits, "http").items() if v is not None or k != ANY_CALLER},
         tcp_limits={k: v for k, v in _rate_limits(limits, "tcp").items() if v is not None or k != ANY_CALLER},
@@ -157,6 +161,10 @@ def compile_inbound(confs: Mapping[str, Any]) -> InboundPolicy:
             delay_percent=float((f.get("delay") or {}).get("percentage", 0)),
         ) for f in conf.get("http") or []] for caller, conf in faults.items()},
     )
+
+
+def _log_paths(conf: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(backend["file"]["path"] for backend in conf.get("backends") or [])
 
 
 # --- outbound: routes -----------------------------------------------------------------------------------------
@@ -406,6 +414,8 @@ class OutboundPolicy:
     load_balancer: str | None = None
     hash_header: bytes | None = None
     outlier: Mapping[str, Any] | None = None
+    access_logs: tuple[str, ...] = ()  # MeshAccessLog file paths
+    health: HealthCheckSpec | None = None  # MeshHealthCheck
 
 
 def compile_outbound(confs: Mapping[str, Any]) -> OutboundPolicy:
@@ -445,6 +455,9 @@ def compile_outbound(confs: Mapping[str, Any]) -> OutboundPolicy:
         policy.hash_header = balancing["hashHeader"].encode() if balancing.get("hashHeader") else None
     breaker = confs.get("MeshCircuitBreaker") or {}
     policy.outlier = breaker.get("outlierDetection")
+    policy.access_logs = _log_paths(confs.get("MeshAccessLog") or {})
+    if confs.get("MeshHealthCheck") is not None:
+        policy.health = HealthCheckSpec.of(confs["MeshHealthCheck"])
     return policy
 
 
@@ -454,14 +467,32 @@ class Policies:
     outbound: dict[str, OutboundPolicy] = field(default_factory=dict)
     proxy: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def trace(self) -> tuple[str, float] | None:
+        """MeshTrace: the OTLP/HTTP endpoint and the sampling percentage, or None when not tracing."""
+        conf = self.proxy.get("MeshTrace") or {}
+        backends = conf.get("backends") or []
+        if not backends:
+            return None
+        return backends[0]["openTelemetry"]["endpoint"], float((conf.get("sampling") or {}).get("overall", 100))
+
+    @property
+    def log_paths(self) -> set[str]:
+        """Every access-log path some policy in force names."""
+        found = {path for outbound in self.outbound.values() for path in outbound.access_logs}
+        return found | {path for inbound in self.inbound.values() for paths in inbound.access_logs.values()
+                        for path in paths}
+
 
 def compile_policies(wire: Mapping[str, Any]) -> Policies:
     """Compile a snapshot's `policies`; raise InvalidConfig (the sidecar NACKs) if they do not make sense."""
     try:
-        return Policies(
+        policies = Policies(
             inbound={svc: compile_inbound(confs) for svc, confs in (wire.get("inbound") or {}).items()},
             outbound={svc: compile_outbound(confs) for svc, confs in (wire.get("outbound") or {}).items()},
             proxy=wire.get("proxy") or {},
         )
+        policies.trace  # noqa: B018 - reads the MeshTrace settings: malformed ones refuse the snapshot
+        return policies
     except (KeyError, TypeError, ValueError, AttributeError, re.error) as exc:
         raise InvalidConfig(f"policies: {type(exc).__name__}: {exc}") from None

@@ -24,6 +24,7 @@ import logging
 import math
 import random
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -43,10 +44,15 @@ from dataplane.gateway import GatewayRoutes, services_of
 from dataplane.gateway import server_context as gateway_server_context
 from dataplane.h2.connection import Fields, H2Connection
 from dataplane.h2.proxy import H2Pool, H2Proxy, H2Target, sniff_h2
+from dataplane.healthcheck import HealthCheckSpec, HealthState
 from dataplane.http1proxy import Http1Proxy, Upstream
 from dataplane.listeners import ListenerSet, ListenerSpec
 from dataplane.metrics import SidecarMetrics
-from dataplane.policy import Backend, InboundPolicy, Policies, Request
+from dataplane.observe.accesslog import FileSink, StdoutSink
+from dataplane.observe.exchange import Exchange, Observability, otlp_endpoint
+from dataplane.observe.requests import RequestMetrics
+from dataplane.observe.tracing import Tracer
+from dataplane.policy import Backend, InboundPolicy, Policies, Request, Rule
 from dataplane.splice import splice
 from dataplane.transport.leantls import LeanTLSStream
 from dataplane.transport.pool import ConnectionPool
@@ -116,6 +122,11 @@ class Sidecar:
         self.policies = Policies()
         self._balancer_confs: dict[str, tuple[Any, str]] = {}
         self.rng = random.Random()
+        self.obs = Observability(mesh=self.mesh, dataplane=self.agent.name, service=self.agent.service)
+        self._sinks_running: dict[str, trio.CancelScope] = {}
+        self._all_endpoints: dict[str, tuple[list[Endpoint], float]] = {}  # by balancer key, health aside
+        self._health: dict[str, HealthState] = {}  # MeshHealthCheck by service
+        self._health_running: dict[str, trio.CancelScope] = {}
 
     # --- state from the agent ---------------------------------------------------------------------------------
 
@@ -126,6 +137,7 @@ class Sidecar:
         upstreams.update({name: (svc.endpoints, svc.failover_threshold) for name, svc in config.services.items()
                           if name not in upstreams})
         self.policies = config.compiled if config.compiled is not None else Policies()
+        self._configure_observability(config)
         # A route's backend may be a subset of a service's instances (by tags): it gets a balancer of its own.
         for outbound in self.policies.outbound.values():
             rules = outbound.routes.rules if outbound.routes is not None else []
@@ -145,17 +157,151 @@ class Sidecar:
                 balancer = self.balancers[key] = make_balancer(algorithm,
                                                                outlier=self._outlier_for(key.split("|")[0]))
                 self._balancer_confs[key] = (outlier_conf, algorithm)
-            # New requests see the new endpoints at once; requests in flight keep their connections.
-            balancer.update((Endpoint.from_snapshot(e.model_dump()) for e in endpoints), now=now,
-                            failover_threshold=failover_threshold)
+            self._all_endpoints[key] = ([Endpoint.from_snapshot(e.model_dump()) for e in endpoints],
+                                        failover_threshold)
+            self._balance_over(key, now)
         for key in set(self.balancers) - set(upstreams):
             del self.balancers[key]
+            self._all_endpoints.pop(key, None)
+        self._configure_health_checks()
         self.connector.mtls = config.mtls.enabled
         self._configure_gateway(config)
         self.metrics.config_version.clear()
         self.metrics.config_version.labels(version=self.agent.version or "saved").set(1)
         self._config_changed.set()
         self._config_changed = trio.Event()
+
+    def _balance_over(self, key: str, now: float) -> None:
+        """Give balancer `key` its endpoints, less those failing their active health checks. New requests see the
+        new set at once; requests in flight keep their connections."""
+        endpoints, failover_threshold = self._all_endpoints[key]
+        health = self._health.get(key.split("|")[0])
+        if health is not None:
+            usable = health.usable([e.key for e in endpoints])
+            endpoints = [e for e in endpoints if e.key in usable]
+        self.balancers[key].update(endpoints, now=now, failover_threshold=failover_threshold)
+
+    def _configure_health_checks(self) -> None:
+        """A HealthState per outbound service with a MeshHealthCheck (kept while its settings are the same); the
+        probing tasks follow in `_reconcile`."""
+        wanted = {service: policy.health for service, policy in self.policies.outbound.items()
+                  if policy.health is not None and service in self.balancers}
+        for service in list(self._health):
+            if wanted.get(service) != self._health[service].spec:
+                del self._health[service]
+                scope = self._health_running.pop(service, None)
+                if scope is not None:
+                    scope.cancel()
+        for service, spec in wanted.items():
+            if service not in self._health:
+                self._health[service] = HealthState(spec)
+        for service, state in self._health.items():
+            state.keep(e.key for e in self._all_endpoints.get(service, ([], 0.0))[0])
+
+    async def _check_health(self, service: str, state: HealthState, *,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Probe every endpoint of `service` each interval, concurrently; rebalance when one changes state."""
+        with trio.CancelScope() as scope:
+            self._health_running[service] = scope
+            task_status.started()
+            while True:
+                endpoints = self._all_endpoints.get(service, ([], 0.0))[0]
+                results: dict[str, bool] = {}
+
+                async def probe(endpoint: Endpoint, results: dict[str, bool] = results) -> None:
+                    results[endpoint.key] = await self._probe(service, endpoint, state.spec)
+
+                async with trio.open_nursery() as probes:
+                    for endpoint in endpoints:
+                        probes.start_soon(probe, endpoint)
+                changed = [key for key, ok in results.items() if state.record(key, ok)]
+                if changed:
+                    log.warning("health check %s: %s", service, ", ".join(
+                        f"{key} {'failing' if key in state.failing else 'passing'}" for key in changed))
+                    now = time.monotonic()
+                    for key in [k for k in self.balancers if k.split("|")[0] == service]:
+                        self._balance_over(key, now)
+                await trio.sleep(state.spec.interval)
+
+    async def _probe(self, service: str, endpoint: Endpoint, spec: HealthCheckSpec) -> bool:
+        """One check: an mTLS connection to the endpoint (TCP), and `GET path` answered as expected (HTTP)."""
+        with trio.move_on_after(spec.timeout):
+            try:
+                stream = await self.connector.connect(endpoint.address, endpoint.port, service=service,
+                                                      alpn="http/1.1", sni=endpoint.sni)
+            except UpstreamError:
+                return False
+            try:
+                if spec.path is None:
+                    return True
+                host = service.encode()
+                await stream.send_all(b"GET " + spec.path.encode() + b" HTTP/1.1\r\nhost: " + host +
+                                      b"\r\nuser-agent: meshcast-health-check\r\nconnection: close\r\n\r\n")
+                head = b""
+                while b"\r\n" not in head and len(head) < 1024:
+                    data = await stream.receive_some(1024)
+                    if not data:
+                        break
+                    head += data
+                parts = head.split(b" ", 2)
+                return len(parts) >= 2 and parts[1].isdigit() and spec.passes(int(parts[1]))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return False
+            finally:
+                await stream.aclose()
+        return False
+
+    def _configure_observability(self, config: ProxyConfig) -> None:
+        """Request metrics from the first config (they carry its zone), the tracer MeshTrace asks for, and the
+        access-log sinks MeshAccessLog names (their writer tasks start in `_reconcile`)."""
+        obs = self.obs
+        if obs.metrics is None:
+            obs.zone = config.zone
+            obs.metrics = RequestMetrics(self.metrics.registry, zone=config.zone)
+        trace = self.policies.trace
+        endpoint = otlp_endpoint(trace[0]) if trace is not None else None
+        if obs.tracer is not None and (trace is None or (endpoint, trace[1]) != (obs.tracer_endpoint,
+                                                                                  obs.tracer.sampling)):
+            old, obs.tracer, obs.tracer_endpoint = obs.tracer, None, None
+            threading.Thread(target=old.shutdown, daemon=True).start()  # flushes what it holds, off the loop
+        if trace is not None and obs.tracer is None and endpoint is not None:
+            obs.tracer = Tracer(self.agent.service, endpoint, sampling=trace[1],
+                                resource_attributes={"meshcast.mesh": self.mesh, "meshcast.dataplane": self.agent.name,
+                                                     "meshcast.zone": config.zone})
+            obs.tracer_endpoint = endpoint
+        wanted = self.policies.log_paths
+        for path in set(obs.sinks) - wanted:
+            del obs.sinks[path]
+            scope = self._sinks_running.pop(path, None)
+            if scope is not None:
+                scope.cancel()  # its writer flushes what is buffered, then ends
+        for path in wanted - set(obs.sinks):
+            obs.sinks[path] = StdoutSink() if path == "/dev/stdout" else FileSink(path)
+
+    async def _run_sink(self, path: str, sink: Any, *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.CancelScope() as scope:
+            self._sinks_running[path] = scope
+            try:
+                await sink.run(task_status=task_status)
+            except OSError as exc:
+                log.error("access log %s cannot be written: %s", path, exc)
+                self.obs.sinks.pop(path, None)
+                task_status.started()
+
+    def _observe(self, direction: Any, source: str | None, destination: str | None,
+                 logs: Callable[[], tuple[str, ...]]) -> Callable[[RequestReceived], Exchange | None]:
+        """The observation of each HTTP/1.1 request of one connection."""
+        obs = self.obs
+
+        def start(request: RequestReceived) -> Exchange | None:
+            return obs.start(direction, "HTTP/1.1", request.method, request.target, request.headers.get(b"host"),
+                             request.headers, source=source, destination=destination, logs=logs())
+
+        return start
+
+    def _outbound_logs(self, service: str) -> tuple[str, ...]:
+        policy = self.policies.outbound.get(service)
+        return policy.access_logs if policy is not None else ()
 
     def _outlier_for(self, service: str) -> OutlierDetector:
         """Outlier detection as the service's MeshCircuitBreaker sets it (connect failures count always; 5xx and
@@ -234,6 +380,12 @@ class Sidecar:
             await trio.sleep_forever()
 
     async def _reconcile(self, nursery: trio.Nursery) -> None:
+        for service, state in list(self._health.items()):
+            if service not in self._health_running:
+                await nursery.start(self._check_health, service, state)
+        for path, sink in list(self.obs.sinks.items()):
+            if path not in self._sinks_running:
+                await nursery.start(self._run_sink, path, sink)
         if self.config is not None and self.listeners is not None and not self.draining:
             await self.listeners.reconcile(self.config, nursery)
 
@@ -299,7 +451,8 @@ class Sidecar:
             if is_h2:
                 await self._serve_h2(stream, first, self._h2_route_by_authority)
             elif first:
-                await Http1Proxy(stream, self._route_by_host, initial=first).serve()
+                await Http1Proxy(stream, self._route_by_host, initial=first,
+                                 observe=self._observe("outbound", self.agent.service, None, lambda: ())).serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -346,7 +499,8 @@ class Sidecar:
                               live=self.h2_serving, initial=first).serve()
             elif first or alpn is not None:
                 proxy = Http1Proxy(downstream, self._gateway_route, initial=first, drop=FORWARDED,
-                                   add=lambda request: forwarded)
+                                   add=lambda request: forwarded,
+                                   observe=self._observe("gateway", self.agent.service, None, lambda: ()))
                 self.http1_serving.add(proxy)
                 if self.draining:
                     proxy.go_away()  # accepted while the route is being withdrawn: one request, then close
@@ -497,8 +651,10 @@ class Sidecar:
         app, dial = self._app_dialer(spec)
         upstream = Upstream(self.app_pool, app, dial)
         source = [(SOURCE_HEADER, caller.encode())] if caller else []
+        policy_logs = lambda: guard.policy.logs(guard.caller) if guard.policy is not None else ()  # noqa: E731
         proxy = Http1Proxy(peer, lambda request: guard.admit_http(upstream), drop=frozenset({SOURCE_HEADER}),
-                           add=lambda request: source, initial=first)
+                           add=lambda request: source, initial=first,
+                           observe=self._observe("inbound", guard.caller, spec.service, policy_logs))
         await proxy.serve()
 
     async def _inbound_h2(self, spec: ListenerSpec, peer: trio.abc.HalfCloseableStream, caller: str | None,
@@ -537,10 +693,10 @@ class Sidecar:
         upstream.rule, upstream.timeout = rule, policy.request_timeout
         if policy.retry is not None:
             upstream.retry, upstream.budget = policy.retry, policy.budget
-            upstream.reroute = lambda tried: self._upstream_to(destination, key, exclude=tried, retry=True)
+            upstream.reroute = lambda tried: self._upstream_to(destination, key, exclude=tried)
         return upstream
 
-    def _upstream_to(self, service: str, key: str, *, exclude: set[Any] | None = None, retry: bool = False,
+    def _upstream_to(self, service: str, key: str, *, exclude: set[Any] | None = None,
                      hash_key: bytes | None = None) -> Upstream | UpstreamError:
         """An endpoint of balancer `key` (the service's, or a subset's) for one attempt of an HTTP/1.1 call;
         `hash_key` picks it under RingHash."""
@@ -556,10 +712,9 @@ class Sidecar:
             return await self._dial_endpoints(service, "http/1.1", first=endpoint, key=key)
 
         balancer.started(endpoint)  # least-request counts requests in flight
-        if retry:
-            self.metrics.retries.labels(service=service).inc()
         # Pooled by endpoint key: two services behind one ingress address are two destinations (their SNIs).
-        upstream = Upstream(self.mesh_pool, endpoint.key, dial, done=lambda: balancer.finished(endpoint))
+        upstream = Upstream(self.mesh_pool, endpoint.key, dial, done=lambda: balancer.finished(endpoint),
+                            service=service)
         policy = self.policies.outbound.get(service)
         outlier = (policy.outlier if policy is not None else None) or {}
         detectors = outlier.get("detectors") or {} if not outlier.get("disabled") else {}
@@ -580,7 +735,8 @@ class Sidecar:
             if not failed:
                 balancer.connect_succeeded(endpoint, now=now)
             elif balancer.connect_failed(endpoint, now=now):
-                self.metrics.ejections.labels(service=service).inc()
+                if self.obs.metrics is not None:
+                    self.obs.metrics.ejected(service)
                 log.warning("upstream %s: %s ejected after consecutive failures", service, endpoint.key)
 
         return observe
@@ -603,7 +759,14 @@ class Sidecar:
         return balancer.pick(exclude=exclude, now=time.monotonic()) if balancer is not None else None
 
     async def connect_upstream(self, service: str, alpn: str) -> trio.abc.HalfCloseableStream:
-        """A connection to some endpoint of `service`, trying up to three endpoints; raises UpstreamError."""
+        """A connection to some endpoint of `service` (or, under a MeshTCPRoute, of the backend its weights pick),
+        trying up to three endpoints; raises UpstreamError."""
+        policy = self.policies.outbound.get(service)
+        if policy is not None and policy.tcp_backends:
+            backend = Rule(match=lambda request: True, backends=policy.tcp_backends).pick(self.rng)
+            if backend is not None:
+                _, stream = await self._dial_endpoints(backend.service, alpn, key=balancer_key(backend))
+                return stream
         _, stream = await self._dial_endpoints(service, alpn)
         return stream
 
@@ -627,6 +790,8 @@ class Sidecar:
             except UpstreamError as exc:
                 self.metrics.upstream_errors.labels(service=service, reason=exc.reason).inc()
                 if balancer.connect_failed(endpoint, now=time.monotonic()):
+                    if self.obs.metrics is not None:
+                        self.obs.metrics.ejected(service)
                     log.warning("upstream %s: %s ejected after repeated connect failures", service, endpoint.key)
                 log.info("upstream %s: %s", service, exc)
                 last = exc
@@ -651,8 +816,10 @@ class Sidecar:
                     return
                 if outbound.protocol == "http":
                     if first:
+                        observe = self._observe("outbound", self.agent.service, spec.target,
+                                                lambda: self._outbound_logs(spec.target))
                         await Http1Proxy(stream, lambda request: self._http_route(spec.target, request),
-                                         initial=first).serve()
+                                         initial=first, observe=observe).serve()
                     return
             try:
                 upstream = await self.connect_upstream(spec.target, ALPN_TCP)
@@ -705,6 +872,8 @@ class InboundGuard:
         if limited is not None:
             rate_limit, wait = limited
             self.sidecar.metrics.refused.labels(reason="rate_limited").inc()
+            if self.sidecar.obs.metrics is not None:
+                self.sidecar.obs.metrics.rate_limited(self.service)
             retry_after = (b"retry-after", str(max(1, math.ceil(wait))).encode())
             return UpstreamError("rate_limited", "too many requests", status=rate_limit.status,
                                  headers=(retry_after, *rate_limit.headers))

@@ -10,6 +10,7 @@ and can be told to fail a share of its requests or to answer slowly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import threading
@@ -18,12 +19,16 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from dataplane.observe.accesslog import AccessRecord
 from tests.integration.test_federation import wait_for
+from tests.support.otlp import otlp_receiver
 from tests.support.ports import free_port
 from tests.support.sidecar import SidecarProcess
 from tests.support.zone import ZoneCPProcess
@@ -39,6 +44,8 @@ class App:
         self.name = name
         self.fail = 0.0
         self.delay = 0.0
+        self.unhealthy = False  # answers 503 on /healthz
+        self.probes = 0
         self.received = 0
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
@@ -49,6 +56,14 @@ class App:
             wbufsize = 65536  # head and body leave in one write (no Nagle / delayed-ACK stall between them)
 
             def do_GET(self) -> None:
+                if self.path == "/healthz":
+                    with app._lock:
+                        app.probes += 1
+                    self.send_response(503 if app.unhealthy else 200)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    self.wfile.flush()
+                    return
                 with app._lock:
                     app.received += 1
                     app.headers.append({k.lower(): v for k, v in self.headers.items()})
@@ -72,7 +87,7 @@ class App:
 
     def reset(self) -> None:
         with self._lock:
-            self.fail, self.delay, self.received = 0.0, 0.0, 0
+            self.fail, self.delay, self.received, self.unhealthy = 0.0, 0.0, 0, False
             self.headers.clear()
 
     def close(self) -> None:
@@ -81,12 +96,12 @@ class App:
 
 
 def dataplane(name: str, service: str, app_port: int, tags: dict[str, str] | None = None,
-              outbound: int | None = None) -> dict[str, Any]:
+              outbound: dict[str, int] | None = None, protocol: str = "http") -> dict[str, Any]:
     return {"type": "Dataplane", "mesh": "default", "name": name, "spec": {
         "address": "127.0.0.1",
-        "inbound": [{"port": free_port(), "appPort": app_port, "service": service, "protocol": "http",
+        "inbound": [{"port": free_port(), "appPort": app_port, "service": service, "protocol": protocol,
                      "tags": tags or {}}],
-        "outbound": [{"port": outbound, "service": "backend"}] if outbound else []}}
+        "outbound": [{"port": port, "service": upstream} for upstream, port in (outbound or {}).items()]}}
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +109,18 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("policies")
     cp = ZoneCPProcess(tmp / "cp", "--heartbeat-timeout", "3", "--heartbeat-interval", "0.5")
     apps = {name: App(name) for name in ("backend-v1", "backend-v2", "web", "other")}
-    outs = {"web": free_port(), "other": free_port()}
+    outs = {"web": free_port(), "other": free_port(), "plain": free_port()}
     started: list[SidecarProcess] = []
     try:
         cp.start()
         cp_apply(cp, {"type": "Mesh", "name": "default", "spec": {"mtls": {}}})
         docs = [dataplane("backend-v1", "backend", apps["backend-v1"].port, {"version": "v1"}),
                 dataplane("backend-v2", "backend", apps["backend-v2"].port, {"version": "v2"}),
-                dataplane("web", "web", apps["web"].port, outbound=outs["web"]),
-                dataplane("other", "other", apps["other"].port, outbound=outs["other"])]
+                dataplane("web", "web", apps["web"].port, outbound={"backend": outs["web"], "plain": outs["plain"]}),
+                dataplane("other", "other", apps["other"].port, outbound={"backend": outs["other"]}),
+                # `plain`: the same two apps as an opaque TCP service (for MeshTCPRoute)
+                dataplane("plain-v1", "plain", apps["backend-v1"].port, {"version": "v1"}, protocol="tcp"),
+                dataplane("plain-v2", "plain", apps["backend-v2"].port, {"version": "v2"}, protocol="tcp")]
         sidecars = {}
         for doc in docs:
             sidecar = SidecarProcess(tmp / doc["name"], cp.url, cp.token(doc["spec"]["inbound"][0]["service"]), doc)
@@ -200,6 +218,24 @@ def test_a_90_10_split_between_subsets(world: dict[str, Any]) -> None:
     print(f"MEASURED 90/10 split: v2 got {share:.1f}% of 2,000 requests")
     assert 5 <= share <= 15
     assert world["apps"]["backend-v1"].headers[-1].get("x-route") == "canary"
+
+
+def test_a_tcp_route_splits_connections_by_weight(world: dict[str, Any]) -> None:
+    apply_policy(world, "MeshTCPRoute", "plain-split", {"to": [{
+        "targetRef": {"kind": "MeshService", "name": "plain"},
+        "rules": [{"default": {"backendRefs": [
+            {"kind": "MeshServiceSubset", "name": "plain", "tags": {"version": "v1"}, "weight": 80},
+            {"kind": "MeshServiceSubset", "name": "plain", "tags": {"version": "v2"}, "weight": 20}]}}]}]}, at="web")
+
+    def one_connection(_: int) -> str:  # HTTP over the opaque TCP service, a new connection each time
+        answer = httpx.get(world["urls"]["plain"] + "/tcp", headers={"connection": "close"}, timeout=10)
+        return str(answer.json()["server"])
+
+    with ThreadPoolExecutor(8) as pool:
+        servers = Counter(pool.map(one_connection, range(600)))
+    share = servers["backend-v2"] / 6
+    print(f"MEASURED 80/20 TCP split: v2 got {share:.1f}% of 600 connections")
+    assert 15 <= share <= 25
 
 
 def test_retries_hide_a_30_percent_failure_within_the_budget(world: dict[str, Any]) -> None:
@@ -318,3 +354,102 @@ def test_a_circuit_breaker_ejects_a_failing_instance_and_brings_it_back(world: d
     time.sleep(2.2)  # the ejection time
     calls(world, 20, workers=1)
     assert world["apps"]["backend-v2"].received > 0  # back in rotation
+
+
+def test_active_health_checks_take_an_instance_out_and_back(world: dict[str, Any]) -> None:
+    apply_policy(world, "MeshHealthCheck", "backend-healthz", {"to": [{
+        "targetRef": {"kind": "MeshService", "name": "backend"},
+        "default": {"interval": "200ms", "timeout": "500ms", "unhealthyThreshold": 2, "healthyThreshold": 2,
+                    "http": {"path": "/healthz"}}}]}, at="web")
+    v2 = world["apps"]["backend-v2"]
+    wait_for(lambda: v2.probes >= 2, "probes reach backend-v2")
+    v2.unhealthy = True  # its answers to calls stay 200: only the active check can tell
+    flipped = v2.probes
+    wait_for(lambda: v2.probes >= flipped + 8, "failing probes (two callers, threshold 2)")
+    v2.received = 0
+    answers = calls(world, 100)
+    assert {r.json()["server"] for r in answers} == {"backend-v1"} and v2.received == 0
+    v2.unhealthy = False
+    wait_for(lambda: "backend-v2" in {r.json()["server"] for r in calls(world, 20)}, "backend-v2 back", timeout=10)
+
+
+# --- observability ------------------------------------------------------------------------------------------------
+
+
+def scrape(sidecar: SidecarProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The sidecar's Prometheus text, parsed by prometheus-client's own parser: value by (sample name, labels)."""
+    text = httpx.get(sidecar.admin + "/metrics", timeout=5).text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def requests_counted(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], **labels: str) -> float:
+    return sum(value for (name, found), value in samples.items()
+               if name == "meshcast_requests_total" and labels.items() <= dict(found).items())
+
+
+def test_request_metrics_count_what_was_sent(world: dict[str, Any]) -> None:
+    web, v1, v2 = (world["sidecars"][n] for n in ("web", "backend-v1", "backend-v2"))
+    before = [scrape(s) for s in (web, v1, v2)]
+    world["apps"]["backend-v2"].fail = 1.0  # every answer from v2 is a 503
+    answers = calls(world, 300)
+    after = [scrape(s) for s in (web, v1, v2)]
+    ok, failed = (sum(r.status_code == code for r in answers) for code in (200, 503))
+    assert ok + failed == 300 and ok and failed
+
+    def delta(i: int, **labels: str) -> float:
+        return requests_counted(after[i], **labels) - requests_counted(before[i], **labels)
+
+    out = {"direction": "outbound", "source_service": "web", "destination_service": "backend"}
+    assert delta(0, **out, code_class="2xx") == ok and delta(0, **out, code_class="5xx") == failed
+    inbound = {"direction": "inbound", "source_service": "web", "destination_service": "backend"}
+    assert delta(1, **inbound, code_class="2xx") + delta(2, **inbound, code_class="2xx") == ok
+    assert delta(2, **inbound, code_class="5xx") == failed
+    durations = [v for (name, labels), v in after[0].items() if name == "meshcast_request_duration_seconds_count"
+                 and dict(labels).get("destination_service") == "backend"]
+    assert sum(durations) >= 300
+    response_bytes = sum(v for (name, _), v in after[0].items() if name == "meshcast_response_bytes_total")
+    assert response_bytes >= sum(len(r.content) for r in answers)
+
+
+def test_a_trace_crosses_two_sidecars_as_one_trace(world: dict[str, Any]) -> None:
+    with otlp_receiver() as receiver:
+        apply_policy(world, "MeshTrace", "to-collector", {"default": {
+            "backends": [{"openTelemetry": {"endpoint": receiver.endpoint}}], "sampling": {"overall": 100}}},
+            at="web")
+        wait_for(lambda: "MeshTrace" in json.dumps(sidecar_policies(world["sidecars"]["backend-v1"])) and
+                 "MeshTrace" in json.dumps(sidecar_policies(world["sidecars"]["backend-v2"])), "MeshTrace at backends")
+        answer = world["client"].get(world["urls"]["web"] + "/traced")
+        assert answer.status_code == 200
+        spans = receiver.wait_for(2, timeout=10)
+        client = next(s for s in spans if s.kind == "client")
+        server = next(s for s in spans if s.kind == "server")
+        assert client.trace_id == server.trace_id and server.parent_span_id == client.span_id
+        assert client.parent_span_id == "" and client.service_name == "web" and server.service_name == "backend"
+        app = world["apps"][answer.json()["server"]]
+        traceparent = app.headers[-1]["traceparent"]  # the app gets the server span's context, to propagate
+        assert traceparent.split("-")[1:3] == [server.trace_id, server.span_id]
+
+        # A caller's own traceparent is the parent of the client span: the trace continues.
+        parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        world["client"].get(world["urls"]["web"] + "/continued", headers={"traceparent": parent})
+        spans = receiver.wait_for(4, timeout=10)
+        continued = [s for s in spans if s.trace_id == "0af7651916cd43dd8448eb211c80319c"]
+        assert {s.kind for s in continued} == {"client", "server"}
+        assert next(s for s in continued if s.kind == "client").parent_span_id == "b7ad6b7169203331"
+
+
+def test_access_logs_are_json_lines_with_the_documented_fields(world: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "web-access.log"
+    apply_policy(world, "MeshAccessLog", "web-log", {
+        "targetRef": {"kind": "MeshService", "name": "web"},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                "default": {"backends": [{"type": "File", "file": {"path": str(path)}}]}}]}, at="web")
+    calls(world, 20, headers={"x-request-id": "req-42", "user-agent": "test-agent"})
+    wait_for(lambda: path.exists() and len(path.read_text().splitlines()) >= 20, "20 access-log lines")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert list(records[0]) == [f.name for f in dataclasses.fields(AccessRecord)]
+    assert {(r["direction"], r["protocol"], r["method"], r["path"], r["status"], r["source_service"],
+             r["destination_service"], r["request_id"], r["user_agent"]) for r in records} == {
+        ("outbound", "HTTP/1.1", "GET", "/x", 200, "web", "backend", "req-42", "test-agent")}
+    assert all(r["bytes_sent"] > 0 and r["duration_ms"] > 0 and r["upstream_address"] for r in records)
