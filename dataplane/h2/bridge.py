@@ -66,26 +66,39 @@ async def exchange_over_http1(down: H2Stream, head: HeadersIn, fields: Fields, t
     reusable = False
     started = [False]
     try:
-        await upstream.send_all(client.send_request(method, path, headers, body_length=length))
+        try:
+            await upstream.send_all(client.send_request(method, path, headers, body_length=length))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await _failed(down, exc, started, answer_error)
+            return
         async with trio.open_nursery() as nursery:
             if not head.end:
                 nursery.start_soon(_pump_request, down, client, upstream, nursery.cancel_scope)
-            reusable = await _pump_response(down, EventReader(client, upstream), started)
+            # Failures are handled here, in the nursery's body: raised through the nursery they would arrive
+            # wrapped in an ExceptionGroup, past these handlers, and end the whole connection (the process).
+            try:
+                reusable = await _pump_response(down, EventReader(client, upstream), started)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, PeerGone, ProtocolViolation) as exc:
+                await _failed(down, exc, started, answer_error)
+            except StreamGone:
+                pass  # the downstream stream went away (a cancel, a timeout): the connection is not reused
             nursery.cancel_scope.cancel()
-    except (trio.BrokenResourceError, trio.ClosedResourceError, PeerGone, ProtocolViolation) as exc:
-        if started[0]:
-            down.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)  # the head is out: a reset is the only signal left
-        else:
-            await answer_error(502, "bad_upstream_response" if isinstance(exc, ProtocolViolation)
-                               else "upstream_reset")
-    except StreamGone:
-        pass  # the downstream stream went away: the HTTP/1.1 connection cannot be reused
     finally:
         if reusable and not client.must_close:
             target.pool.give_back(key, conn)
         else:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await upstream.aclose()
+
+
+async def _failed(down: H2Stream, exc: Exception, started: list[bool],
+                  answer_error: Callable[[int, str], Awaitable[None]]) -> None:
+    if started[0]:
+        down.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)  # the head is out: a reset is the only signal left
+    else:
+        with contextlib.suppress(StreamGone):
+            await answer_error(502, "bad_upstream_response" if isinstance(exc, ProtocolViolation)
+                               else "upstream_reset")
 
 
 async def _pump_request(down: H2Stream, client: ClientConnection, upstream: trio.abc.SendStream,

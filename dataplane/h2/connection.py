@@ -454,6 +454,10 @@ class H2Connection:
         assert self.handler is not None
         try:
             await self.handler(stream)
+        except StreamGone:
+            pass  # the peer reset or the connection broke: nothing left to answer
+        except Exception:  # a bug in one stream's handling: that stream is reset, the others go on
+            log.exception("HTTP/2 stream %d failed", stream.stream_id)
         finally:
             if not stream.local_closed and stream.reset_code is None:
                 stream.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
