@@ -182,10 +182,10 @@ def _from_refs(policy: Policy) -> list[TargetRef]:
 
 def match_rank(match: Mapping[str, Any]) -> tuple[int, int, int, int, int]:
     """How specific an HTTP match is (higher first): path kind, path length, method, headers, query params."""
-    path = match.get("path")
-    kind = {"Exact": 3, "RegularExpression": 2, "PathPrefix": 1}[path.get("type", "PathPrefix")] if path else 0
-    return (kind, len(path["value"]) if path else 0, 1 if match.get("method") else 0,
-            len(match.get("headers", [])), len(match.get("queryParams", [])))
+    path = match.get("path") or {"type": "PathPrefix", "value": "/"}  # no path: any path, as Gateway API reads it
+    kind = {"Exact": 3, "RegularExpression": 2, "PathPrefix": 1}[path.get("type", "PathPrefix")]
+    return (kind, len(path["value"]), 1 if match.get("method") else 0, len(match.get("headers", [])),
+            len(match.get("queryParams", [])))
 
 
 def _http_rules(policies: list[Policy], service: str) -> tuple[list[dict[str, Any]], list[str]]:

@@ -159,3 +159,15 @@ def test_merge_follows_the_rule_whatever_the_listing_order(drawn: Any, random: A
     assert first.outbound == again.outbound and first.sources == again.sources
     for service in ("backend", "db", "cache"):
         assert first.outbound.get(service, {}).get("MeshTimeout", {}) == expected(drawn, service)
+
+
+def test_a_match_without_path_counts_as_prefix_slash() -> None:
+    """A header-only match beats a bare `/` prefix (it is `/` plus a header), as in Gateway API."""
+    by_header = {"matches": [{"headers": [{"name": "x-canary", "value": "yes"}]}],
+                 "default": {"backendRefs": [{"name": "canary"}]}}
+    everything = {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                  "default": {"backendRefs": [{"name": "stable"}]}}
+    route = policy("MeshHTTPRoute", "r", {"to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                                                   "rules": [everything, by_header]}]})
+    rules = resolve([route], WEB, ["backend"]).outbound["backend"]["MeshHTTPRoute"]
+    assert [rule["backendRefs"][0]["name"] for rule in rules] == ["canary", "stable"]
