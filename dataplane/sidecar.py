@@ -496,7 +496,8 @@ class Sidecar:
                          (b"x-forwarded-proto", b"https" if spec.protocol == "https" else b"http")]
             if is_h2:
                 await H2Proxy(downstream, self._gateway_route_h2, drop=FORWARDED, add=forwarded,
-                              live=self.h2_serving, initial=first).serve()
+                              live=self.h2_serving, initial=first,
+                              observe=self._observe_h2("gateway", self.agent.service, None, lambda: ())).serve()
             elif first or alpn is not None:
                 proxy = Http1Proxy(downstream, self._gateway_route, initial=first, drop=FORWARDED,
                                    add=lambda request: forwarded,
@@ -531,7 +532,7 @@ class Sidecar:
             lambda name: _text(next((v for k, v in fields if k == name.encode("latin-1")), None)))
         if service is None:
             return UpstreamError("no_route", "no route of the gateway matches", status=404)
-        return self._h2_route(service)  # an HTTP/1.1 service gets it as HTTP/1.1 from its own sidecar
+        return self._h2_route(service, fields)  # an HTTP/1.1 service gets it as HTTP/1.1 from its own sidecar
 
     def _service_for_host(self, host_field: bytes | None, *, h2: bool) -> str | UpstreamError:
         """The mesh service a proxy-mode request names by its Host (`<service>.mesh`, any port)."""
@@ -554,11 +555,14 @@ class Sidecar:
     def _h2_route_by_authority(self, fields: Fields) -> H2Target | UpstreamError:
         authority = next((v for k, v in fields if k == b":authority"), None)
         service = self._service_for_host(authority, h2=True)
-        return service if isinstance(service, UpstreamError) else self._h2_route(service)
+        return service if isinstance(service, UpstreamError) else self._h2_route(service, fields)
 
     async def _serve_h2(self, stream: trio.abc.HalfCloseableStream, first: bytes,
-                        route: Callable[[Fields], H2Target | UpstreamError]) -> None:
-        await H2Proxy(stream, route, live=self.h2_serving, initial=first).serve()
+                        route: Callable[[Fields], H2Target | UpstreamError], service: str | None = None) -> None:
+        """HTTP/2 from the app (outbound, or proxy mode when `service` is None)."""
+        observe = self._observe_h2("outbound", self.agent.service, service,
+                                   (lambda: self._outbound_logs(service)) if service is not None else (lambda: ()))
+        await H2Proxy(stream, route, live=self.h2_serving, initial=first, observe=observe).serve()
 
     async def _inbound(self, spec: ListenerSpec, stream: LeanSocketStream) -> None:
         self.metrics.connections.labels(direction="inbound", service=spec.target).inc()
@@ -669,8 +673,10 @@ class Sidecar:
         def route(fields: Fields) -> H2Target | Upstream | UpstreamError:
             return guard.admit_http(target) if isinstance(target, Upstream) else guard.admit_h2(target)
 
+        policy_logs = lambda: guard.policy.logs(guard.caller) if guard.policy is not None else ()  # noqa: E731
         await H2Proxy(peer, route, drop=frozenset({SOURCE_HEADER}), add=source, live=self.h2_serving,
-                      initial=first).serve()
+                      initial=first, observe=self._observe_h2("inbound", guard.caller, spec.service,
+                                                              policy_logs)).serve()
 
     def _http_route(self, service: str, request: RequestReceived | None = None) -> Upstream | UpstreamError:
         """Where one HTTP/1.1 call to `service` goes, with the policies in force: the route rule it matches (which
@@ -741,18 +747,43 @@ class Sidecar:
 
         return observe
 
-    def _h2_route(self, service: str) -> H2Target | UpstreamError:
-        """A per-request decision: the balancer picks an endpoint for each HTTP/2 stream."""
-        endpoint = self.pick(service, set())
-        balancer = self.balancers.get(service)
+    def _h2_route(self, service: str, fields: Fields | None = None) -> H2Target | UpstreamError:
+        """A per-request decision: the route rule the stream matches (MeshHTTPRoute: a backend service or subset by
+        weight, edits), then the balancer's endpoint; the request timeout (MeshTimeout) rides along."""
+        policy = self.policies.outbound.get(service)
+        rule = backend = None
+        if policy is not None and policy.routes is not None and fields is not None:
+            pseudo = {k: v for k, v in fields if k.startswith(b":")}
+            rule = policy.routes.match(Request(pseudo.get(b":method", b"GET").decode("latin-1"),
+                                               pseudo.get(b":path", b"/").decode("latin-1"),
+                                               [(k, v) for k, v in fields if not k.startswith(b":")]))
+            backend = rule.pick(self.rng) if rule is not None else None
+        destination = backend.service if backend is not None else service
+        key = balancer_key(backend) if backend is not None else service
+        balancer = self.balancers.get(key)
+        endpoint = balancer.pick(now=time.monotonic()) if balancer is not None else None
         if endpoint is None or balancer is None or self.mesh_h2 is None:
-            return UpstreamError("no_healthy_upstream", f"service {service} has no endpoint")
+            return UpstreamError("no_healthy_upstream", f"service {destination} has no endpoint")
 
         async def dial() -> tuple[EndpointKey, trio.abc.HalfCloseableStream]:
-            return await self._dial_endpoints(service, "h2", first=endpoint)
+            return await self._dial_endpoints(destination, "h2", first=endpoint, key=key)
 
         balancer.started(endpoint)
-        return H2Target(self.mesh_h2, endpoint.key, dial, done=lambda: balancer.finished(endpoint))
+        return H2Target(self.mesh_h2, endpoint.key, dial, done=lambda: balancer.finished(endpoint),
+                        service=destination, rule=rule, timeout=policy.request_timeout if policy else None)
+
+    def _observe_h2(self, direction: Any, source: str | None, destination: str | None,
+                    logs: Callable[[], tuple[str, ...]]) -> Callable[[Fields], Exchange | None]:
+        """The observation of each HTTP/2 stream of one connection."""
+        obs = self.obs
+
+        def start(fields: Fields) -> Exchange | None:
+            pseudo = {k: v for k, v in fields if k.startswith(b":")}
+            return obs.start(direction, "HTTP/2", pseudo.get(b":method", b""), pseudo.get(b":path", b""),
+                             pseudo.get(b":authority"), fields, source=source, destination=destination,
+                             logs=logs())
+
+        return start
 
     def pick(self, service: str, exclude: set[str]) -> Endpoint | None:
         balancer = self.balancers.get(service)
@@ -812,7 +843,8 @@ class Sidecar:
             if outbound is not None and outbound.protocol in HTTP_FAMILY:
                 is_h2, first = await sniff_h2(stream)
                 if is_h2:
-                    await self._serve_h2(stream, first, lambda fields: self._h2_route(spec.target))
+                    await self._serve_h2(stream, first, lambda fields: self._h2_route(spec.target, fields),
+                                         spec.target)
                     return
                 if outbound.protocol == "http":
                     if first:

@@ -39,6 +39,8 @@ from dataplane.h2.connection import (
 )
 from dataplane.h2.guard import PREFACE
 from dataplane.http1proxy import Upstream
+from dataplane.observe.exchange import TRACE_HEADERS, Exchange
+from dataplane.policy import Rule
 from dataplane.transport.upstream import UpstreamError
 
 log = logging.getLogger("meshcast.dataplane.h2")
@@ -135,15 +137,43 @@ class H2Target:
     key: Hashable
     dial: Dial
     done: Callable[[], None] = lambda: None
+    service: str | None = None  # the service the call goes to (metrics, logs, spans)
+    rule: Rule | None = None  # the MeshHTTPRoute rule it matched: its request and response edits
+    timeout: float | None = None  # MeshTimeout's request timeout: the whole exchange
 
 
-def error_fields(status: int, reason: str, *, grpc: bool) -> tuple[Fields, bytes]:
-    """The head and body of an answer the proxy gives itself."""
+class _Seen:
+    """What the proxy learns of one stream's exchange for its observation: the status sent back, body bytes."""
+
+    __slots__ = ("bytes_in", "bytes_out", "flags", "status")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.flags: str | None = None
+        self.bytes_in = self.bytes_out = 0
+
+
+def error_fields(status: int, reason: str, *, grpc: bool, grpc_status: bytes = b"14") -> tuple[Fields, bytes]:
+    """The head and body of an answer the proxy gives itself (gRPC: a trailers-only answer, UNAVAILABLE unless
+    told otherwise, e.g. DEADLINE_EXCEEDED for a timeout)."""
     if grpc:
-        return [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"14"),
+        return [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", grpc_status),
                 (b"grpc-message", reason.encode()), (b"x-meshcast-error", reason.encode())], b""
     return [(b":status", str(status).encode()), (b"content-type", b"text/plain"),
             (b"x-meshcast-error", reason.encode())], f"{reason}\n".encode()
+
+
+def edit_fields(rule: Rule, fields: Fields) -> Fields:
+    """A route rule's request edits on an HTTP/2 head: `:path` rewritten, headers set/added/removed, `:authority`
+    replaced by a hostname rewrite."""
+    pseudo = [(k, v) for k, v in fields if k.startswith(b":")]
+    path, regular = rule.edit_request(header(pseudo, b":path") or b"/", [(k, v) for k, v in fields
+                                                                          if not k.startswith(b":")])
+    host = next((v for k, v in regular if k == b"host"), None) if rule.rewrite_host is not None else None
+    regular = [(k, v) for k, v in regular if k != b"host"] if host is not None else regular
+    pseudo = [(k, path if k == b":path" else host if (k == b":authority" and host is not None) else v)
+              for k, v in pseudo]
+    return pseudo + regular
 
 
 def header(fields: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -166,7 +196,10 @@ class H2Proxy:
         limits: H2Limits | None = None,
         live: set[H2Connection] | None = None,
         initial: bytes = b"",
+        observe: Callable[[Fields], Exchange | None] | None = None,
     ) -> None:
+        """`observe` starts the observation (metrics, access log, span) of each request stream."""
+        self.observe = observe
         self.route = route
         self.drop = drop
         self.add = add or []
@@ -189,57 +222,96 @@ class H2Proxy:
             return
         fields = [(k, v) for k, v in head.fields if k not in self.drop] if self.drop else head.fields
         fields += self.add
+        exchange = self.observe(fields) if self.observe is not None else None
+        if exchange is None:
+            await self._forward(down, head, fields, None)
+            return
+        seen = _Seen()
+        try:
+            trace = exchange.headers
+            if trace:
+                fields = [(k, v) for k, v in fields if k not in TRACE_HEADERS] + trace
+            await self._forward(down, head, fields, seen, exchange)
+        finally:
+            exchange.finish(status=seen.status, bytes_received=seen.bytes_in, bytes_sent=seen.bytes_out,
+                            flags=seen.flags)
+
+    async def _forward(self, down: H2Stream, head: HeadersIn, fields: Fields, seen: _Seen | None,
+                       exchange: Exchange | None = None) -> None:
         grpc = (header(fields, b"content-type") or b"").startswith(b"application/grpc")
         target = self.route(fields)
         if isinstance(target, UpstreamError):
-            await self._answer(down, target.status, target.reason, grpc=grpc)
+            await self._answer(down, target.status, target.reason, grpc=grpc, seen=seen)
             return
+        if exchange is not None:
+            exchange.upstream = str(target.key)
+            if target.service is not None:
+                exchange.destination = target.service
         if isinstance(target, Upstream):  # an HTTP/1.1 upstream: one exchange per stream
             try:
                 await exchange_over_http1(down, head, fields, target,
-                                          lambda status, reason: self._answer(down, status, reason, grpc=grpc))
+                                          lambda status, reason: self._answer(down, status, reason, grpc=grpc,
+                                                                              seen=seen))
             finally:
                 target.done()
             return
+        if target.rule is not None and target.rule.edits_request:
+            fields = edit_fields(target.rule, fields)
         try:
-            for attempt in range(3):
-                try:
-                    up = await target.pool.open_stream(target.key, target.dial, fields, end=head.end)
-                except UpstreamError as exc:
-                    await self._answer(down, 503, exc.reason, grpc=grpc)
-                    return
-                except StreamGone:
-                    await self._answer(down, 502, "upstream_reset", grpc=grpc)
-                    return
-                down.linked = up  # a downstream reset cancels the upstream stream at once
-                try:
-                    # A bodyless request refused by a connection going away (GOAWAY, REFUSED_STREAM: never
-                    # processed) is safe to send again; one with a body streaming cannot be replayed.
-                    if await self._relay(down, up, head.end, grpc, retryable=head.end and attempt < 2):
-                        return
-                finally:
-                    if not (up.local_closed and up.remote_closed):
-                        up.reset(h2.errors.ErrorCodes.CANCEL)
-                    up.conn.forget(up)
+            if target.timeout is None:
+                await self._attempts(down, head, fields, target, grpc, seen)
+                return
+            with trio.CancelScope(deadline=trio.current_time() + target.timeout) as scope:
+                await self._attempts(down, head, fields, target, grpc, seen)
+            if scope.cancelled_caught:
+                if seen is None or seen.status is None:
+                    await self._answer(down, 504, "request_timeout", grpc=grpc, seen=seen, grpc_status=b"4")
+                else:
+                    down.reset(h2.errors.ErrorCodes.CANCEL)
         finally:
             target.done()
 
+    async def _attempts(self, down: H2Stream, head: HeadersIn, fields: Fields, target: H2Target, grpc: bool,
+                        seen: _Seen | None) -> None:
+        for attempt in range(3):
+            try:
+                up = await target.pool.open_stream(target.key, target.dial, fields, end=head.end)
+            except UpstreamError as exc:
+                await self._answer(down, 503, exc.reason, grpc=grpc, seen=seen)
+                return
+            except StreamGone:
+                await self._answer(down, 502, "upstream_reset", grpc=grpc, seen=seen)
+                return
+            down.linked = up  # a downstream reset cancels the upstream stream at once
+            try:
+                # A bodyless request refused by a connection going away (GOAWAY, REFUSED_STREAM: never
+                # processed) is safe to send again; one with a body streaming cannot be replayed.
+                if await self._relay(down, up, head.end, grpc, retryable=head.end and attempt < 2, seen=seen,
+                                     rule=target.rule):
+                    return
+            finally:
+                if not (up.local_closed and up.remote_closed):
+                    up.reset(h2.errors.ErrorCodes.CANCEL)
+                up.conn.forget(up)
+
     async def _relay(self, down: H2Stream, up: H2Stream, request_ended: bool, grpc: bool, *, retryable: bool,
-                     ) -> bool:
+                     seen: _Seen | None, rule: Rule | None) -> bool:
         """Relay one exchange; False if it should be tried again (refused before anything was answered)."""
         if request_ended:
-            return await self._pump_response(down, up, grpc, retryable=retryable)
+            return await self._pump_response(down, up, grpc, retryable=retryable, seen=seen, rule=rule)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump_request, down, up)
-            await self._pump_response(down, up, grpc, retryable=False)
+            nursery.start_soon(self._pump_request, down, up, seen)
+            await self._pump_response(down, up, grpc, retryable=False, seen=seen, rule=rule)
             nursery.cancel_scope.cancel()  # the response is over: a request still streaming is cut off
         return True
 
-    async def _pump_request(self, down: H2Stream, up: H2Stream) -> None:
+    async def _pump_request(self, down: H2Stream, up: H2Stream, seen: _Seen | None) -> None:
         try:
             while True:
                 event = await down.receive()
                 if isinstance(event, DataIn):
+                    if seen is not None:
+                        seen.bytes_in += len(event.data)
                     await up.send_data(event.data, end=event.end)
                     if event.end:
                         return
@@ -252,18 +324,28 @@ class H2Proxy:
         except StreamGone:
             up.reset(h2.errors.ErrorCodes.CANCEL)  # the response pump sees the reset and ends the exchange
 
-    async def _pump_response(self, down: H2Stream, up: H2Stream, grpc: bool, *, retryable: bool) -> bool:
+    async def _pump_response(self, down: H2Stream, up: H2Stream, grpc: bool, *, retryable: bool,
+                             seen: _Seen | None = None, rule: Rule | None = None) -> bool:
         started = False
         try:
             while True:
                 event = await up.receive()
                 more = up.pending  # more already here: send this one with it, in one write
                 if isinstance(event, HeadersIn):
-                    await down.send_headers(event.fields, end=event.end, flush=event.end or not more)
+                    response = event.fields
+                    if not event.informational:
+                        if seen is not None and not started:
+                            status = header(response, b":status")
+                            seen.status = int(status) if status is not None and status.isdigit() else None
+                        if rule is not None and rule.edits_response:
+                            response = rule.edit_response(response)
+                    await down.send_headers(response, end=event.end, flush=event.end or not more)
                     started = started or not event.informational
                     if event.end:
                         return True
                 elif isinstance(event, DataIn):
+                    if seen is not None:
+                        seen.bytes_out += len(event.data)
                     await down.send_data(event.data, end=event.end, flush=event.end or not more)
                     if event.end:
                         return True
@@ -284,8 +366,11 @@ class H2Proxy:
             up.reset(h2.errors.ErrorCodes.CANCEL)  # the downstream went away
         return True
 
-    async def _answer(self, down: H2Stream, status: int, reason: str, *, grpc: bool) -> None:
-        fields, body = error_fields(status, reason, grpc=grpc)
+    async def _answer(self, down: H2Stream, status: int, reason: str, *, grpc: bool, seen: _Seen | None = None,
+                      grpc_status: bytes = b"14") -> None:
+        if seen is not None:
+            seen.status, seen.flags = status, reason  # for gRPC, the HTTP status the failure stands for
+        fields, body = error_fields(status, reason, grpc=grpc, grpc_status=grpc_status)
         with contextlib.suppress(StreamGone):
             await down.send_headers(fields, end=not body)
             if body:

@@ -145,3 +145,16 @@ def test_outbound_defaults_and_bad_values_are_refused_by_the_sidecar() -> None:
                 "policies": {"outbound": {"b": {"MeshHTTPRoute": [{"match": {"path": {"type": "Nope"}}}]}}}}
     with pytest.raises(InvalidConfig, match=r"^policies: "):
         parse_snapshot(snapshot, mesh="m", name="d")
+
+
+def test_route_edits_on_an_http2_head() -> None:
+    from dataplane.h2.proxy import edit_fields
+
+    rewrite = rule({"path": {"value": "/api"}}, filters=[
+        {"type": "URLRewrite", "urlRewrite": {"hostname": "internal", "path": {
+            "type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}},
+        {"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "x-a", "value": "1"}]}}])
+    fields = [(b":method", b"GET"), (b":path", b"/api/users?id=1"), (b":authority", b"web"), (b"accept", b"*/*")]
+    assert edit_fields(rewrite, fields) == [
+        (b":method", b"GET"), (b":path", b"/users?id=1"), (b":authority", b"internal"), (b"accept", b"*/*"),
+        (b"x-a", b"1")]
