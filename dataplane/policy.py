@@ -416,6 +416,7 @@ class OutboundPolicy:
     outlier: Mapping[str, Any] | None = None
     access_logs: tuple[str, ...] = ()  # MeshAccessLog file paths
     health: HealthCheckSpec | None = None  # MeshHealthCheck
+    max_requests: int | None = None  # MeshCircuitBreaker connectionLimits.maxRequests: calls in flight at most
 
 
 def compile_outbound(confs: Mapping[str, Any]) -> OutboundPolicy:
@@ -455,6 +456,8 @@ def compile_outbound(confs: Mapping[str, Any]) -> OutboundPolicy:
         policy.hash_header = balancing["hashHeader"].encode() if balancing.get("hashHeader") else None
     breaker = confs.get("MeshCircuitBreaker") or {}
     policy.outlier = breaker.get("outlierDetection")
+    limits = breaker.get("connectionLimits") or {}
+    policy.max_requests = int(limits["maxRequests"]) if "maxRequests" in limits else None
     policy.access_logs = _log_paths(confs.get("MeshAccessLog") or {})
     if confs.get("MeshHealthCheck") is not None:
         policy.health = HealthCheckSpec.of(confs["MeshHealthCheck"])

@@ -52,7 +52,7 @@ from dataplane.observe.accesslog import FileSink, StdoutSink
 from dataplane.observe.exchange import Exchange, Observability, otlp_endpoint
 from dataplane.observe.requests import RequestMetrics
 from dataplane.observe.tracing import Tracer
-from dataplane.policy import Backend, InboundPolicy, Policies, Request, Rule
+from dataplane.policy import Backend, InboundPolicy, OutboundPolicy, Policies, Request, Rule
 from dataplane.splice import splice
 from dataplane.transport.leantls import LeanTLSStream
 from dataplane.transport.pool import ConnectionPool
@@ -127,6 +127,7 @@ class Sidecar:
         self._all_endpoints: dict[str, tuple[list[Endpoint], float]] = {}  # by balancer key, health aside
         self._health: dict[str, HealthState] = {}  # MeshHealthCheck by service
         self._health_running: dict[str, trio.CancelScope] = {}
+        self._calls_in_flight: dict[str, int] = {}  # by service, under a MeshCircuitBreaker maxRequests
 
     # --- state from the agent ---------------------------------------------------------------------------------
 
@@ -685,6 +686,9 @@ class Sidecar:
         policy = self.policies.outbound.get(service)
         if policy is None:
             return self._upstream_to(service, service)
+        overflow = self._overflow(service, policy)
+        if overflow is not None:
+            return overflow
         rule = backend = None
         if policy.routes is not None and request is not None:
             rule = policy.routes.match(Request(request.method.decode("latin-1"), request.target.decode("latin-1"),
@@ -697,6 +701,8 @@ class Sidecar:
         if isinstance(upstream, UpstreamError):
             return upstream
         upstream.rule, upstream.timeout = rule, policy.request_timeout
+        if policy.max_requests is not None:
+            upstream.done = self._counted(service, upstream.done)
         if policy.retry is not None:
             upstream.retry, upstream.budget = policy.retry, policy.budget
             upstream.reroute = lambda tried: self._upstream_to(destination, key, exclude=tried)
@@ -751,6 +757,9 @@ class Sidecar:
         """A per-request decision: the route rule the stream matches (MeshHTTPRoute: a backend service or subset by
         weight, edits), then the balancer's endpoint; the request timeout (MeshTimeout) rides along."""
         policy = self.policies.outbound.get(service)
+        overflow = self._overflow(service, policy) if policy is not None else None
+        if overflow is not None:
+            return overflow
         rule = backend = None
         if policy is not None and policy.routes is not None and fields is not None:
             pseudo = {k: v for k, v in fields if k.startswith(b":")}
@@ -769,8 +778,27 @@ class Sidecar:
             return await self._dial_endpoints(destination, "h2", first=endpoint, key=key)
 
         balancer.started(endpoint)
-        return H2Target(self.mesh_h2, endpoint.key, dial, done=lambda: balancer.finished(endpoint),
-                        service=destination, rule=rule, timeout=policy.request_timeout if policy else None)
+        done: Callable[[], None] = lambda: balancer.finished(endpoint)  # noqa: E731
+        if policy is not None and policy.max_requests is not None:
+            done = self._counted(service, done)
+        return H2Target(self.mesh_h2, endpoint.key, dial, done=done, service=destination, rule=rule,
+                        timeout=policy.request_timeout if policy else None)
+
+    def _overflow(self, service: str, policy: OutboundPolicy) -> UpstreamError | None:
+        """MeshCircuitBreaker's maxRequests: a call beyond that many in flight to `service` is refused at once."""
+        if policy.max_requests is not None and self._calls_in_flight.get(service, 0) >= policy.max_requests:
+            return UpstreamError("overflow", f"{policy.max_requests} calls to {service} in flight already")
+        return None
+
+    def _counted(self, service: str, done: Callable[[], None]) -> Callable[[], None]:
+        """Count a call to `service` in flight until `done`."""
+        self._calls_in_flight[service] = self._calls_in_flight.get(service, 0) + 1
+
+        def finished() -> None:
+            self._calls_in_flight[service] -= 1
+            done()
+
+        return finished
 
     def _observe_h2(self, direction: Any, source: str | None, destination: str | None,
                     logs: Callable[[], tuple[str, ...]]) -> Callable[[Fields], Exchange | None]:

@@ -58,6 +58,10 @@ class ZoneTracker:
                 pass
             self.known.add(name)
         self.stale = False
+        metrics = self.cp.metrics
+        for zone in self.view():
+            metrics.zone_online.labels(zone=zone["name"]).set(1 if zone["status"] == "online" else 0)
+            metrics.zone_services.labels(zone=zone["name"]).set(zone["services"])
 
     async def _sign_intermediates(self, keys: dict[str, bytes], enabled: set[str]) -> None:
         """Sign, with the mesh root, every intermediate CA a zone asks for that it does not hold yet: the

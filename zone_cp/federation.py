@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,9 @@ class GlobalMirror:
         self.state: dict[tuple[str, str, str], Resource] = {}
         self.revision = 0
         self.synced_once = False  # the global side answered since start
+        self.live = False  # following the global state through a watch right now
+        self.lost_at = time.monotonic()  # when it last stopped following (start: never followed yet)
+        cp.metrics.global_sync_lag.set_function(lambda: 0.0 if self.live else time.monotonic() - self.lost_at)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cached = self.load()
@@ -82,11 +86,13 @@ class GlobalMirror:
                 listing = await self.global_store.list()
                 await self._reconcile([r for r in listing.items if synced(r.type)])
                 self.revision = listing.revision
+                self.cp.metrics.global_revision.set(self.revision)
                 self.save()
                 if not self.synced_once:
                     log.info("in sync with the global control plane (revision %d)", listing.revision)
                 self.synced_once = True
                 backoff = 0.05
+                self.live = True
                 async with self.global_store.watch(after_revision=listing.revision) as events:
                     async for event in events:
                         if not synced(event.type):
@@ -99,11 +105,15 @@ class GlobalMirror:
                             self.state[key] = event.resource
                             await self.cp.upsert(event.resource)
                         self.revision = event.revision
+                        self.cp.metrics.global_revision.set(self.revision)
                         self.save()
             except WatchCompacted:
                 log.warning("global history compacted under the watch; listing again")
+                self.live, self.lost_at = False, time.monotonic()
             except StoreUnavailable as exc:
                 log.warning("global store unavailable, serving the last known global state: %s", exc)
+                if self.live:
+                    self.live, self.lost_at = False, time.monotonic()
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 

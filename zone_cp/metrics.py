@@ -35,3 +35,16 @@ class ZoneMetrics:
         self.store_errors = Counter(
             "meshcast_cp_store_errors", "Failed calls to the resource store", registry=registry
         )
+        # Federation: a zone CP's view of the global side, the global CP's view of each zone.
+        self.global_sync_lag = Gauge(
+            "meshcast_cp_global_sync_lag_seconds",
+            "Zone CP: 0 while it follows the global state live; else seconds since it last did (serving the last "
+            "known state meanwhile)", registry=registry)
+        self.global_revision = Gauge(
+            "meshcast_cp_global_revision", "Zone CP: the global store revision its mirror has applied",
+            registry=registry)
+        self.zone_online = Gauge(
+            "meshcast_cp_zone_online", "Global CP: 1 while the zone publishes its inventory (its lease lives)",
+            ["zone"], registry=registry)
+        self.zone_services = Gauge(
+            "meshcast_cp_zone_services", "Global CP: services the zone publishes", ["zone"], registry=registry)

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.etcd import EtcdCluster
 from tests.support.zone import ZoneCPProcess
@@ -34,6 +35,16 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
             last = exc
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def metric(cp: ZoneCPProcess, name: str, **labels: str) -> float | None:
+    """A sample of the control plane's Prometheus text, parsed by prometheus-client's parser."""
+    text = httpx.get(cp.url + "/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return float(sample.value)
+    return None
 
 
 def mesh_names(cp: ZoneCPProcess) -> set[str]:
@@ -110,6 +121,7 @@ def test_policies_flow_down_and_zones_refuse_local_edits(federation: dict[str, A
 def test_zones_publish_inventory_and_go_offline_within_the_lease(federation: dict[str, Any]) -> None:
     global_cp, zones = federation["global"], federation["zones"]
     wait_for(lambda: zone_status(global_cp) == {"eu": "online", "us": "online"}, "both zones online")
+    wait_for(lambda: metric(global_cp, "meshcast_cp_zone_online", zone="us") == 1, "us online in the metrics")
     register(zones["eu"], "web-1", "web")
     register(zones["us"], "backend-1", "backend")
     register(zones["us"], "web-2", "web")
@@ -129,6 +141,7 @@ def test_zones_publish_inventory_and_go_offline_within_the_lease(federation: dic
     wait_for(lambda: zone_status(global_cp) == {"eu": "online", "us": "offline"}, "us offline", timeout=15)
     assert time.monotonic() - killed <= LEASE_TTL + 3  # the lease TTL plus the tracker's poll
     assert where() == {"web": ["eu:1"]}
+    wait_for(lambda: metric(global_cp, "meshcast_cp_zone_online", zone="us") == 0, "us offline in the metrics")
     zones["eu"].stop()  # a clean stop revokes the lease: offline at once
     wait_for(lambda: zone_status(global_cp)["eu"] == "offline", "eu offline after a clean stop", timeout=3)
 
@@ -152,6 +165,8 @@ def test_zones_serve_their_last_global_state_through_etcd_failures(federation: d
     for zone in zones.values():
         assert {"default", "before", "one-down"} <= mesh_names(zone)
         assert httpx.get(zone.url + "/readyz", timeout=5).status_code == 200
+    lag = metric(zones["eu"], "meshcast_cp_global_sync_lag_seconds")
+    assert lag is not None and lag > 0  # it says it is not following the global state
 
     etcd.restart(1)
     etcd.restart(0)
@@ -160,6 +175,7 @@ def test_zones_serve_their_last_global_state_through_etcd_failures(federation: d
         wait_for(lambda zone=zone: {"before", "one-down", "after"} <= mesh_names(zone), "zones in sync again",
                  timeout=20)
     assert "no-quorum" not in mesh_names(zones["eu"])
+    wait_for(lambda: metric(zones["eu"], "meshcast_cp_global_sync_lag_seconds") == 0, "eu following again")
 
 
 def test_every_zone_signs_under_the_global_mesh_root(federation: dict[str, Any]) -> None:
