@@ -17,6 +17,8 @@ class SidecarMetrics:
                                          "connection reused is not one)", ["service"], registry=registry)
         self.refused = Counter("meshcast_dp_inbound_refused", "Inbound connections refused before the app",
                                ["reason"], registry=registry)
+        self.shadow_denied = Counter("meshcast_dp_shadow_denied", "Calls a MeshTrafficPermission AllowWithShadowDeny "
+                                     "let through that a Deny would refuse", ["service"], registry=registry)
         self.bytes = Counter("meshcast_dp_bytes", "Bytes proxied", ["direction"], registry=registry)
         self.cert_expiry = Gauge("meshcast_dp_certificate_expiry_timestamp_seconds",
                                  "When the sidecar's certificate expires (Unix time)", registry=registry)

@@ -95,6 +95,10 @@ class InboundPolicy:
         _, action = self._for(self.actions, caller)
         return bool(action != "Deny")
 
+    def shadow_denied(self, caller: str | None) -> bool:
+        """Allowed, but a `Deny` is being tried out: the proxy logs and counts the call as if it were denied."""
+        return bool(self._for(self.actions, caller)[1] == "AllowWithShadowDeny")
+
     def _limited(self, table: dict[str, RateLimit | None], kind: str, caller: str | None,
                  now: float) -> tuple[RateLimit, float] | None:
         key, limit = self._for(table, caller)

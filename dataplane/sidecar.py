@@ -928,6 +928,10 @@ class InboundGuard:
             self.sidecar.metrics.refused.labels(reason="forbidden").inc()
             return UpstreamError("forbidden", f"{self.caller or 'an unidentified caller'} may not call this service",
                                  status=403)
+        if policy.shadow_denied(self.caller):
+            self.sidecar.metrics.shadow_denied.labels(service=self.service).inc()
+            log.info("shadow deny: %s calling %s would be refused (MeshTrafficPermission AllowWithShadowDeny)",
+                     self.caller or "an unidentified caller", self.service)
         limited = policy.limit_request(self.caller, time.monotonic())
         if limited is not None:
             rate_limit, wait = limited

@@ -201,6 +201,21 @@ def test_a_denied_caller_gets_403_and_the_app_sees_nothing(world: dict[str, Any]
     assert Counter(r.status_code for r in allowed) == {200: 50}
 
 
+def test_a_shadow_deny_lets_calls_through_and_counts_them(world: dict[str, Any]) -> None:
+    apply_policy(world, "MeshTrafficPermission", "try-denying-other", {
+        "targetRef": {"kind": "MeshService", "name": "backend"},
+        "from": [{"targetRef": {"kind": "MeshService", "name": "other"},
+                  "default": {"action": "AllowWithShadowDeny"}}]},
+        at="backend-v1")
+    wait_for(lambda: "AllowWithShadowDeny" in json.dumps(sidecar_policies(world["sidecars"]["backend-v2"])),
+             "the permission at backend-v2")
+    assert Counter(r.status_code for r in calls(world, 30, caller="other")) == {200: 30}
+    counted = sum(value for sidecar in ("backend-v1", "backend-v2")
+                  for (name, labels), value in scrape(world["sidecars"][sidecar]).items()
+                  if name == "meshcast_dp_shadow_denied_total")
+    assert counted == 30
+
+
 def test_a_90_10_split_between_subsets(world: dict[str, Any]) -> None:
     apply_policy(world, "MeshHTTPRoute", "backend-canary", {
         "targetRef": {"kind": "MeshService", "name": "web"},

@@ -43,6 +43,8 @@ def test_permissions_most_specific_caller_then_any() -> None:
     policy = compile_inbound({"MeshTrafficPermission": {"*": {"action": "Deny"}, "web": {"action": "Allow"}}})
     assert policy.allows("web") and not policy.allows("other") and not policy.allows(None)
     assert compile_inbound({}).allows("anyone")
+    trial = compile_inbound({"MeshTrafficPermission": {"*": {"action": "AllowWithShadowDeny"}}})
+    assert trial.allows("other") and trial.shadow_denied("other") and not policy.shadow_denied("other")
 
 
 def test_rate_limit_per_caller_settings() -> None:
