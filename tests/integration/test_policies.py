@@ -382,6 +382,16 @@ def test_a_circuit_breaker_limits_calls_in_flight(world: dict[str, Any]) -> None
     statuses = Counter(r.status_code for r in answers)
     assert statuses == {200: 2, 503: 4}, statuses
     assert {r.headers["x-meshcast-error"] for r in answers if r.status_code == 503} == {"overflow"}
+    # `meshcast inspect dataplane` shows the setting in force at web, and the policy it came from
+    table = world["cp"].cli("inspect", "dataplane", "web")
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if "MeshCircuitBreaker" in line)
+    assert row.split()[:3] == ["outbound", "backend", "MeshCircuitBreaker"]
+    assert '"maxRequests":2' in row and "MeshCircuitBreaker/backend-max-2 (local)" in row
+    detail = json.loads(world["cp"].cli("inspect", "dataplane", "web", "-o", "json").stdout)
+    assert {"where": "outbound backend", "kind": "MeshCircuitBreaker",
+            "settings": {"connectionLimits": {"maxRequests": 2}},
+            "from": ["MeshCircuitBreaker/backend-max-2 (local)"]} in detail["policies"]
 
 
 def test_active_health_checks_take_an_instance_out_and_back(world: dict[str, Any]) -> None:
