@@ -304,6 +304,8 @@ class Http1Proxy:
         retries and the budget allow. Only requests without a body are retried (nothing to replay)."""
         policy, budget = target.retry, target.budget
         retryable = policy is not None and request.body_length == 0 and request.upgrade is None
+        if not retryable and target.observe is None:  # the common case: one attempt, nothing to tell
+            return await self._exchange_with(request, target, _never, None) == "keep"
         if budget is not None:
             budget.request(trio.current_time())
         retries = 0
@@ -323,10 +325,9 @@ class Http1Proxy:
             return True
 
         tried: set[Hashable] = set()
-        watched = retryable or target.observe is not None  # else no closure call per attempt (the common case)
         while True:
             try:
-                result = await self._exchange_with(request, current, check if watched else _never,
+                result = await self._exchange_with(request, current, check,
                                                    policy.per_try_timeout if policy is not None else None)
             finally:
                 if current is not target:
@@ -351,8 +352,13 @@ class Http1Proxy:
         trace = seen.headers if seen is not None else []
         if seen is not None:
             seen.upstream = str(target.key)
-        headers = forwarded_headers(request.headers, drop=self.drop | TRACE_HEADERS if trace else self.drop,
-                                    add=[*self.add(request), *trace], keep_upgrade=request.upgrade is not None)
+        added = self.add(request)
+        if trace:  # the span's context replaces whatever the request carried
+            headers = forwarded_headers(request.headers, drop=self.drop | TRACE_HEADERS, add=[*added, *trace],
+                                        keep_upgrade=request.upgrade is not None)
+        else:
+            headers = forwarded_headers(request.headers, drop=self.drop, add=added,
+                                        keep_upgrade=request.upgrade is not None)
         path = request.target
         if target.rule is not None and target.rule.edits_request:
             path, headers = target.rule.edit_request(path, headers)

@@ -181,6 +181,18 @@ class Backend:
     weight: int = 1
 
 
+def pick_weighted(backends: list[Backend], rng: random.Random) -> Backend | None:
+    """A backend chosen with probability proportional to its weight; None when there is none."""
+    if not backends:
+        return None
+    point = rng.random() * sum(b.weight for b in backends)
+    for backend in backends:
+        point -= backend.weight
+        if point < 0 and backend.weight:
+            return backend
+    return next(b for b in reversed(backends) if b.weight)
+
+
 @dataclass(frozen=True)
 class Request:
     """What a route matches on, and what its filters change."""
@@ -209,15 +221,7 @@ class Rule:
 
     def pick(self, rng: random.Random) -> Backend | None:
         """A backend by weight (None: the `to` service itself)."""
-        if not self.backends:
-            return None
-        total = sum(b.weight for b in self.backends)
-        point = rng.random() * total
-        for backend in self.backends:
-            point -= backend.weight
-            if point < 0 and backend.weight:
-                return backend
-        return next(b for b in reversed(self.backends) if b.weight)
+        return pick_weighted(self.backends, rng)
 
     @property
     def edits_request(self) -> bool:

@@ -52,7 +52,7 @@ from dataplane.observe.accesslog import FileSink, StdoutSink
 from dataplane.observe.exchange import Exchange, Observability, otlp_endpoint
 from dataplane.observe.requests import RequestMetrics
 from dataplane.observe.tracing import Tracer
-from dataplane.policy import Backend, InboundPolicy, OutboundPolicy, Policies, Request, Rule
+from dataplane.policy import Backend, InboundPolicy, OutboundPolicy, Policies, Request, pick_weighted
 from dataplane.splice import splice
 from dataplane.transport.leantls import LeanTLSStream
 from dataplane.transport.pool import ConnectionPool
@@ -656,10 +656,9 @@ class Sidecar:
         app, dial = self._app_dialer(spec)
         upstream = Upstream(self.app_pool, app, dial)
         source = [(SOURCE_HEADER, caller.encode())] if caller else []
-        policy_logs = lambda: guard.policy.logs(guard.caller) if guard.policy is not None else ()  # noqa: E731
         proxy = Http1Proxy(peer, lambda request: guard.admit_http(upstream), drop=frozenset({SOURCE_HEADER}),
                            add=lambda request: source, initial=first,
-                           observe=self._observe("inbound", guard.caller, spec.service, policy_logs))
+                           observe=self._observe("inbound", guard.caller, spec.service, guard.logs))
         await proxy.serve()
 
     async def _inbound_h2(self, spec: ListenerSpec, peer: trio.abc.HalfCloseableStream, caller: str | None,
@@ -674,10 +673,9 @@ class Sidecar:
         def route(fields: Fields) -> H2Target | Upstream | UpstreamError:
             return guard.admit_http(target) if isinstance(target, Upstream) else guard.admit_h2(target)
 
-        policy_logs = lambda: guard.policy.logs(guard.caller) if guard.policy is not None else ()  # noqa: E731
         await H2Proxy(peer, route, drop=frozenset({SOURCE_HEADER}), add=source, live=self.h2_serving,
                       initial=first, observe=self._observe_h2("inbound", guard.caller, spec.service,
-                                                              policy_logs)).serve()
+                                                              guard.logs)).serve()
 
     def _http_route(self, service: str, request: RequestReceived | None = None) -> Upstream | UpstreamError:
         """Where one HTTP/1.1 call to `service` goes, with the policies in force: the route rule it matches (which
@@ -822,7 +820,7 @@ class Sidecar:
         trying up to three endpoints; raises UpstreamError."""
         policy = self.policies.outbound.get(service)
         if policy is not None and policy.tcp_backends:
-            backend = Rule(match=lambda request: True, backends=policy.tcp_backends).pick(self.rng)
+            backend = pick_weighted(policy.tcp_backends, self.rng)
             if backend is not None:
                 _, stream = await self._dial_endpoints(backend.service, alpn, key=balancer_key(backend))
                 return stream
@@ -914,6 +912,11 @@ class InboundGuard:
     def denied(self) -> bool:
         policy = self.policy
         return policy is not None and not policy.allows(self.caller)
+
+    def logs(self) -> tuple[str, ...]:
+        """The access-log paths for this caller's calls (MeshAccessLog)."""
+        policy = self.policy
+        return policy.logs(self.caller) if policy is not None else ()
 
     def connection_limited(self) -> bool:
         policy = self.policy

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from meshcast.policies.kinds import PolicySpec
@@ -89,14 +90,16 @@ class Policy:
     def source(self) -> str:
         return f"{self.kind}/{self.name} ({self.origin})"
 
-    def dump(self) -> dict[str, Any]:
+    @cached_property
+    def dumped(self) -> dict[str, Any]:
+        """The spec as JSON data, once per policy (the resolver reads it for every proxy and service)."""
         return self.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def _items(policy: Policy, section: str, covers: str) -> list[tuple[int, TargetRef, dict[str, Any]]]:
     """(position, targetRef, item) of the `to`/`from` items of `policy` that cover service or caller `covers`."""
     spec_items = getattr(policy.spec, "from_" if section == "from" else "to", None) or []
-    dumped = policy.dump().get(section, [])
+    dumped = policy.dumped.get(section, [])
     return [(index, item.target_ref, dumped[index]) for index, item in enumerate(spec_items)
             if item.target_ref.names_service(covers)]
 
@@ -169,7 +172,7 @@ def resolve(policies: Iterable[Policy], proxy: ProxyFacts, outbound: Iterable[st
         if confs:
             effective.inbound[service] = confs
     for kind in PROXY_KINDS:
-        applied = [Applied(_order(p, None, 0), p.dump().get("default", {}), p.source)
+        applied = [Applied(_order(p, None, 0), p.dumped.get("default", {}), p.source)
                    for p in selecting if p.kind == kind]
         if applied:
             effective.proxy[kind], effective.sources[f"proxy {kind}"] = merge(applied)
