@@ -12,10 +12,13 @@ the ingress holds no key and sees only the ClientHello in clear.
 A connection that cannot be routed is closed, after a fatal TLS alert when it looked like TLS at all (an
 unrecognized_name alert for a name no service answers to, handshake_failure otherwise), and `route_by_sni`
 returns a short reason for metrics and logs (the `REFUSED_*` constants, or the reason of the last failed connect,
-as `UpstreamError.reason`). It returns None after a splice.
+as `UpstreamError.reason`). It returns None after a splice. It fills in the `ConnectionMeter` it is given as it
+goes (`dataplane.ingress.stats`): the destination once the ClientHello is read, the outcome once decided, the time
+the upstream connect took, and the bytes each way, which the splice adds to while it runs.
 
 `IngressServer` listens on an address and runs `route_by_sni` per connection; what it routes to is the `resolve`
-callable it is given, so the zone control plane's endpoints plug in without touching the IO.
+callable it is given, so the zone control plane's endpoints plug in without touching the IO. Its `statistics()`
+are plain data, per destination service; the CLI turns them into Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -23,13 +26,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 
 import trio
 
 from dataplane.ingress.sni import MAX_HELLO, Hello, NotClientHello, parse_client_hello
+from dataplane.ingress.stats import SPLICED, ConnectionMeter, IngressAccounts, IngressStatistics
 from dataplane.splice import splice
 from dataplane.transport.upstream import UpstreamError
 from meshcast.wire.leanio import LeanSocketStream, listen_tcp, open_lean_tcp_stream, serve_lean
@@ -49,6 +51,7 @@ REFUSED_NOT_HELLO = "not_client_hello"  # not TLS, or a malformed ClientHello
 REFUSED_NO_SNI = "no_sni"  # a ClientHello without a server name: nothing to route on
 REFUSED_UNKNOWN = "unknown_sni"  # resolve() knows no endpoint for the name
 REFUSED_UPSTREAM_BROKEN = "upstream_broken"  # the endpoint accepted, then failed before taking the ClientHello
+INTERNAL_ERROR = "internal_error"  # resolve or dial raised something unexpected
 
 ALERT_HANDSHAKE_FAILURE = 40
 ALERT_UNRECOGNIZED_NAME = 112
@@ -94,39 +97,44 @@ async def route_by_sni(
     hello_timeout: float = 10.0,
     idle_timeout: float | None = 3600.0,
     connect_attempts: int = CONNECT_ATTEMPTS,
+    meter: ConnectionMeter | None = None,
 ) -> str | None:
     """Route `downstream` to an endpoint of the service its SNI names and splice the two until they are done.
 
     Takes ownership of `downstream` and closes it before returning, as it does any upstream it opened. Returns
-    None after a splice, or why the connection was refused. Raises only what `resolve` or `dial` raise beyond
-    UpstreamError and OSError (and trio.Cancelled).
+    None after a splice, or why the connection was refused; `meter`, when given, is filled in as it goes. Raises
+    only what `resolve` or `dial` raise beyond UpstreamError and OSError (and trio.Cancelled).
     """
+    if meter is None:
+        meter = ConnectionMeter()
     upstream: trio.abc.Stream | None = None
+    endpoints: Sequence[Address] = ()
     try:
         buffered, outcome = await _read_hello(downstream, hello_timeout)
+        if isinstance(outcome, Hello) and outcome.sni is not None:
+            meter.sni = outcome.sni
+            endpoints = resolve(outcome.sni) or ()
+            meter.routed = bool(endpoints)  # the destination is decided: from now on the meter counts
+        meter.read = len(buffered)
         if not isinstance(outcome, Hello):
-            if outcome != REFUSED_CLOSED:
-                await _refuse(downstream, buffered, ALERT_HANDSHAKE_FAILURE)
-            return outcome
+            return await _refused(downstream, buffered, meter, outcome, ALERT_HANDSHAKE_FAILURE)
         if outcome.sni is None:
-            await _refuse(downstream, buffered, ALERT_HANDSHAKE_FAILURE)
-            return REFUSED_NO_SNI
-        endpoints = resolve(outcome.sni) or ()
+            return await _refused(downstream, buffered, meter, REFUSED_NO_SNI, ALERT_HANDSHAKE_FAILURE)
         if not endpoints:
             log.info("ingress: no service answers to %r", outcome.sni)
-            await _refuse(downstream, buffered, ALERT_UNRECOGNIZED_NAME)
-            return REFUSED_UNKNOWN
+            return await _refused(downstream, buffered, meter, REFUSED_UNKNOWN, ALERT_UNRECOGNIZED_NAME)
+        start = trio.current_time()
         upstream, failure = await _dial_first(outcome.sni, endpoints[:connect_attempts], dial)
         if upstream is None:
-            await _refuse(downstream, buffered, ALERT_HANDSHAKE_FAILURE)
-            return failure
+            return await _refused(downstream, buffered, meter, failure, ALERT_HANDSHAKE_FAILURE)
+        meter.connect_seconds = trio.current_time() - start
         try:
             await upstream.send_all(buffered)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("ingress %s: endpoint failed before taking the hello: %s", outcome.sni, exc)
-            await _refuse(downstream, buffered, ALERT_HANDSHAKE_FAILURE)
-            return REFUSED_UPSTREAM_BROKEN
-        await splice(downstream, upstream, idle_timeout=idle_timeout)
+            return await _refused(downstream, buffered, meter, REFUSED_UPSTREAM_BROKEN, ALERT_HANDSHAKE_FAILURE)
+        meter.outcome = SPLICED
+        await splice(downstream, upstream, idle_timeout=idle_timeout, counts=meter.spliced)
         return None
     finally:
         if upstream is not None:
@@ -171,21 +179,20 @@ async def _dial_first(sni: str, endpoints: Sequence[Address], dial: Dial) -> tup
     return None, reason
 
 
-async def _refuse(downstream: trio.abc.Stream, buffered: bytes, alert: int) -> None:
-    """Send a fatal alert if the peer spoke TLS records at all (a plaintext client would not understand it), and
-    end our direction so the alert is followed by a FIN. The caller closes."""
-    if not buffered.startswith(b"\x16"):
-        return
+async def _refused(downstream: trio.abc.Stream, buffered: bytes, meter: ConnectionMeter, reason: str,
+                   alert: int) -> str:
+    """Count the refusal, then send a fatal alert if the peer spoke TLS records at all (a plaintext client would not
+    understand it) and end our direction so the alert is followed by a FIN; return `reason`. The caller closes."""
+    meter.outcome = reason
+    if reason == REFUSED_CLOSED or not buffered.startswith(b"\x16"):
+        return reason
     with trio.move_on_after(_ALERT_TIMEOUT), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await downstream.send_all(tls_alert(alert))
+        record = tls_alert(alert)
+        await downstream.send_all(record)
+        meter.written += len(record)
         if isinstance(downstream, trio.abc.HalfCloseableStream):
             await downstream.send_eof()
-
-
-@dataclass(frozen=True, slots=True)
-class IngressStatistics:
-    active: int  # connections being read or spliced now
-    outcomes: dict[str, int] = field(default_factory=dict)  # finished connections: "spliced" or a refusal reason
+    return reason
 
 
 class IngressServer:
@@ -194,6 +201,7 @@ class IngressServer:
     Owns its listening socket (opened by `run`, closed when `run` ends) and the connections it accepted: cancelling
     `run` closes them all. `resolve` is called once per connection, from the connection's task; an exception from
     it (or from a custom `dial`) is logged and closes that connection only (outcome "internal_error").
+    `statistics()` counts per destination service (`dataplane.ingress.stats`).
     """
 
     def __init__(
@@ -215,8 +223,7 @@ class IngressServer:
         self.hello_timeout = hello_timeout
         self.idle_timeout = idle_timeout
         self.reuse_port = reuse_port
-        self._active = 0
-        self._outcomes: Counter[str] = Counter()
+        self._accounts = IngressAccounts()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; raise OSError if the address cannot be bound."""
@@ -228,16 +235,16 @@ class IngressServer:
             sock.close()
 
     def statistics(self) -> IngressStatistics:
-        return IngressStatistics(active=self._active, outcomes=dict(self._outcomes))
+        return self._accounts.snapshot()
 
     async def _handle(self, stream: LeanSocketStream) -> None:
-        self._active += 1
+        meter = self._accounts.opened(trio.current_time())
         try:
-            outcome = await route_by_sni(stream, self.resolve, self.dial, hello_timeout=self.hello_timeout,
-                                         idle_timeout=self.idle_timeout)
+            await route_by_sni(stream, self.resolve, self.dial, hello_timeout=self.hello_timeout,
+                               idle_timeout=self.idle_timeout, meter=meter)
         except Exception:  # a bug in resolve or dial must not end the listener (serve_lean's nursery)
             log.exception("ingress: routing a connection failed")
-            outcome = "internal_error"
+            if meter.outcome is None:
+                meter.outcome = INTERNAL_ERROR
         finally:
-            self._active -= 1
-        self._outcomes[outcome or "spliced"] += 1
+            self._accounts.closed(meter, trio.current_time())

@@ -15,16 +15,20 @@ import gc
 import itertools
 import json
 import logging
+import math
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import trio
 
 from meshcast.errors import api_error_message
+
+if TYPE_CHECKING:  # imported when run: the CLI's other commands start without the data plane
+    from dataplane.ingress.stats import Distribution, IngressStatistics
 
 log = logging.getLogger("meshcast.ingress")
 
@@ -134,21 +138,45 @@ def _admin_handler(routes: IngressRoutes, server: Any, registry: Any) -> Any:
     return handle
 
 
-def _registry(server: Any) -> Any:
+LABELS = ["mesh", "destination_service"]
+
+
+def ingress_registry(statistics: Callable[[], IngressStatistics]) -> Any:
+    """A registry whose collector turns `statistics()` (`IngressServer.statistics`) into the ingress's metrics, per
+    destination service (`dataplane.ingress.stats`); the labels are empty for connections no service took."""
     from prometheus_client import CollectorRegistry
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    def buckets(distribution: Distribution) -> list[tuple[str, float]]:
+        return [("+Inf" if bound == math.inf else repr(bound), count) for bound, count in distribution.cumulative()]
 
     class Collector:
         def collect(self) -> Iterator[Any]:
-            stats = server.statistics()
-            active = GaugeMetricFamily("meshcast_ingress_active_connections", "Connections being routed now")
-            active.add_metric([], stats.active)
-            yield active
-            done = CounterMetricFamily("meshcast_ingress_connections", "Finished connections by outcome",
-                                       labels=["outcome"])
-            for outcome, count in sorted(stats.outcomes.items()):
-                done.add_metric([outcome], count)
-            yield done
+            stats = statistics()
+            active = GaugeMetricFamily("meshcast_ingress_active_connections", "Connections being read or spliced "
+                                       "now, by the destination their SNI named (empty: none yet, or none taken)",
+                                       labels=LABELS)
+            connections = CounterMetricFamily(
+                "meshcast_ingress_connections", "Connections by outcome, counted once decided: spliced (handed to "
+                "an endpoint) or why the ingress refused it", labels=[*LABELS, "outcome"])
+            received = CounterMetricFamily("meshcast_ingress_downstream_received_bytes", "Bytes received from "
+                                           "callers (the ClientHello included), counted as they move", labels=LABELS)
+            sent = CounterMetricFamily("meshcast_ingress_downstream_sent_bytes", "Bytes sent to callers (TLS alerts "
+                                       "included), counted as they move", labels=LABELS)
+            duration = HistogramMetricFamily("meshcast_ingress_connection_duration_seconds", "From accept to close, "
+                                             "of closed connections", labels=LABELS)
+            connect = HistogramMetricFamily("meshcast_ingress_upstream_connect_duration_seconds", "From the first "
+                                            "dial to an endpoint accepting, failed attempts included", labels=LABELS)
+            for (mesh, service), figures in sorted(stats.destinations.items()):
+                labels = [mesh, service]
+                active.add_metric(labels, figures.active)
+                for outcome, count in sorted(figures.outcomes.items()):
+                    connections.add_metric([*labels, outcome], count)
+                received.add_metric(labels, figures.received)
+                sent.add_metric(labels, figures.sent)
+                duration.add_metric(labels, buckets(figures.duration), figures.duration.total)
+                connect.add_metric(labels, buckets(figures.connect), figures.connect.total)
+            yield from (active, connections, received, sent, duration, connect)
 
     registry = CollectorRegistry()
     registry.register(Collector())
@@ -182,7 +210,7 @@ def run_ingress(*, cp: str, token_file: Path, addr: str, advertise_addr: str | N
                 await nursery.start(server.run)
                 advertise = advertise_addr or f"{host}:{server.port}"
                 admin = listen_tcp(admin_host, admin_port)
-                registry = _registry(server)
+                registry = ingress_registry(server.statistics)
                 await nursery.start(serve_http, _admin_handler(routes, server, registry), admin)
                 nursery.start_soon(follow_control_plane, routes, cp.rstrip("/"), token, advertise)
                 gc.freeze()

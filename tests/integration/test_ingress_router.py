@@ -1,5 +1,6 @@
-"""The zone ingress routing real TLS clients (curl, openssl s_client) by SNI to a real TLS backend on loopback,
-without terminating TLS; and `route_by_sni` itself over memory streams (its logic needs no sockets)."""
+"""The zone ingress routing real TLS clients (curl, openssl s_client, Python's ssl) by SNI to a real TLS backend on
+loopback, without terminating TLS, and counting per destination the bytes the TCP ends exchanged; and `route_by_sni`
+itself over memory streams (its logic needs no sockets)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from dataplane.ingress.router import (
     route_by_sni,
     tls_alert,
 )
+from dataplane.ingress.stats import SPLICED, UNROUTED, ConnectionMeter, DestinationStatistics
 from dataplane.transport.upstream import UpstreamError
 from meshcast.wire.sni import service_sni
 
@@ -93,6 +95,33 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 # --- servers ----------------------------------------------------------------------------------------------------
 
 
+class CountingStream(trio.abc.HalfCloseableStream):
+    """A TCP stream that counts the bytes it received and sent (below TLS, as the ingress sees them)."""
+
+    def __init__(self, inner: trio.SocketStream) -> None:
+        self.inner = inner
+        self.received = 0
+        self.sent = 0
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = await self.inner.receive_some(max_bytes)
+        self.received += len(data)
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+        self.sent += len(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 @dataclass
 class Backend:
     """A TLS server holding the service's certificate: answers one HTTP/1.1 request per connection."""
@@ -101,6 +130,7 @@ class Backend:
     port: int = 0
     accepted: int = 0
     handshakes: list[str | None] = field(default_factory=list)  # the SNI each completed handshake carried
+    tcp: list[CountingStream] = field(default_factory=list)  # the TCP streams it accepted, with their byte counts
 
     async def run(self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
@@ -114,9 +144,11 @@ class Backend:
     def _server_name(self, _obj: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
         self._last_name = name
 
-    async def _handle(self, tcp: trio.SocketStream) -> None:
+    async def _handle(self, socket_stream: trio.SocketStream) -> None:
         self.accepted += 1
         self._last_name = None
+        tcp = CountingStream(socket_stream)
+        self.tcp.append(tcp)
         tls = trio.SSLStream(tcp, self.context, server_side=True)
         try:
             await tls.do_handshake()
@@ -174,12 +206,22 @@ def refusing_port() -> Iterator[int]:
 
 
 async def wait_outcome(server: IngressServer, outcome: str) -> None:
-    """Until the ingress has counted a connection with `outcome` (it does when the connection is closed)."""
+    """Until the ingress has counted a connection with `outcome` (it does once the outcome is decided)."""
     for _ in range(500):
         if server.statistics().outcomes.get(outcome):
             return
         await trio.sleep(0.01)
     raise AssertionError(f"no {outcome!r} in {server.statistics()}")
+
+
+async def wait_closed(server: IngressServer, destination: tuple[str, str], count: int = 1) -> DestinationStatistics:
+    """The figures of `destination` once `count` of its connections are closed (their duration observed)."""
+    for _ in range(500):
+        figures = server.statistics().destinations.get(destination)
+        if figures is not None and figures.duration.count >= count:
+            return figures
+        await trio.sleep(0.01)
+    raise AssertionError(f"{count} closed connection(s) to {destination} not in {server.statistics()}")
 
 
 async def curl(certs: Certs, name: str, port: int, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -222,6 +264,31 @@ async def test_openssl_s_client_sees_the_backends_certificate(
     assert backend.handshakes == [WEB]
 
 
+async def test_the_bytes_counted_per_service_are_those_the_tcp_ends_exchanged(
+        certs: Certs, backend: Backend, start_ingress: StartIngress) -> None:
+    ingress = await start_ingress({WEB: [("127.0.0.1", backend.port)]})
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    tcp = CountingStream(await trio.open_tcp_stream("127.0.0.1", ingress.port))
+    tls = trio.SSLStream(tcp, context, server_hostname=WEB)
+    with trio.fail_after(10):
+        await tls.do_handshake()
+        live = ingress.statistics().destinations[("default", "web")]  # counted while the connection is open
+        assert (live.active, live.outcomes, live.connect.count, live.duration.count) == (1, {SPLICED: 1}, 1, 0)
+        await tls.send_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n" + b"x" * 10_000)
+        answer = b""
+        while chunk := await tls.receive_some(65536):  # to the backend's close_notify and FIN
+            answer += chunk
+    await tcp.aclose()  # no close_notify of ours: every byte we sent was read by the backend
+    assert answer.endswith(b"hello from the web backend\n")
+    web = await wait_closed(ingress, ("default", "web"))
+    [far] = backend.tcp
+    assert web.received == tcp.sent == far.received > 10_000
+    assert web.sent == tcp.received == far.sent > len(answer)  # TLS records, not the plaintext
+    assert (web.active, web.outcomes, web.connect.count) == (0, {SPLICED: 1}, 1)
+    assert 0 < web.connect.total < 5 and 0 < web.duration.total < 15
+    assert ingress.statistics().destinations[UNROUTED].outcomes == {}
+
+
 async def test_an_unknown_name_is_refused_before_the_backend(
         certs: Certs, backend: Backend, start_ingress: StartIngress) -> None:
     ingress = await start_ingress({WEB: [("127.0.0.1", backend.port)]})
@@ -230,6 +297,12 @@ async def test_an_unknown_name_is_refused_before_the_backend(
     assert b"unrecognized name" in done.stderr  # our alert 112
     await wait_outcome(ingress, REFUSED_UNKNOWN)
     assert backend.accepted == 0
+    stats = ingress.statistics()
+    assert list(stats.destinations) == [UNROUTED]  # a name no service answers to mints no label value
+    unrouted = await wait_closed(ingress, UNROUTED)
+    assert unrouted.outcomes == {REFUSED_UNKNOWN: 1}
+    assert unrouted.received > 0  # curl's ClientHello
+    assert unrouted.sent == len(tls_alert(ALERT_UNRECOGNIZED_NAME))
 
 
 async def test_plaintext_http_is_closed_before_the_backend(
@@ -321,6 +394,7 @@ async def test_route_splices_after_writing_the_hello_to_the_first_endpoint_that_
     client, downstream = trio.testing.memory_stream_pair()
     dial = Dialer(refuse=[1, 2])
     asked: list[str] = []
+    meter = ConnectionMeter()
 
     def resolve(sni: str) -> list[Address]:
         asked.append(sni)
@@ -330,7 +404,7 @@ async def test_route_splices_after_writing_the_hello_to_the_first_endpoint_that_
         results: list[str | None] = []
 
         async def route() -> None:
-            results.append(await route_by_sni(downstream, resolve, dial))
+            results.append(await route_by_sni(downstream, resolve, dial, meter=meter))
 
         nursery.start_soon(route)
         await client.send_all(hello[:100])
@@ -341,12 +415,17 @@ async def test_route_splices_after_writing_the_hello_to_the_first_endpoint_that_
         assert await upstream.receive_some(65536) == hello + b"early"
         await upstream.send_all(b"server flight")
         assert await client.receive_some(65536) == b"server flight"
+        assert (meter.outcome, meter.destination, meter.received, meter.sent) == (
+            SPLICED, ("default", "web"), len(hello) + 5, 13)  # counted as the bytes move
+        await client.send_all(b"more")
         await client.send_eof()
+        assert await upstream.receive_some(65536) == b"more"
         assert await upstream.receive_some(65536) == b""
         await upstream.aclose()
     assert results == [None]
     assert asked == [WEB]
     assert dial.dialled == [("10.0.0.1", 1), ("10.0.0.2", 2), ("10.0.0.3", 3)]
+    assert (meter.received, meter.sent, meter.connect_seconds is not None) == (len(hello) + 9, 13, True)
 
 
 @pytest.mark.parametrize(
@@ -361,10 +440,15 @@ async def test_route_refusals(routes: dict[str, list[Address]], refuse: list[int
                               answer: bytes) -> None:
     client, downstream = trio.testing.memory_stream_pair()
     dial = Dialer(refuse)
-    await client.send_all(client_hello(sni))
-    assert await route_by_sni(downstream, routes.get, dial) == reason
+    hello = client_hello(sni)
+    meter = ConnectionMeter()
+    await client.send_all(hello)
+    assert await route_by_sni(downstream, routes.get, dial, meter=meter) == reason
     assert await receive_all(client) == answer
     assert len(dial.dialled) == (3 if refuse else 0)  # at most CONNECT_ATTEMPTS endpoints
+    assert (meter.outcome, meter.received, meter.sent, meter.connect_seconds) == (reason, len(hello), len(answer),
+                                                                                  None)
+    assert meter.destination == (("default", "web") if routes and sni else UNROUTED)  # a failed connect names it
 
 
 async def test_route_refuses_plaintext_at_once_without_an_alert() -> None:
