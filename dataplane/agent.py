@@ -30,6 +30,7 @@ from dataplane.transport.keygen import generate_key_and_csr
 from dataplane.transport.tls import Identity
 from meshcast.errors import MeshcastError
 from meshcast.pki import _files
+from meshcast.pki.spiffe import ZONE_TAG, workload_tags
 from meshcast.wire.configstream import ProtocolError
 from meshcast.wire.cpclient import ControlPlaneClient, ControlPlaneError
 from meshcast.wire.h2duplex import StreamClosed
@@ -84,10 +85,13 @@ class ControlPlaneAgent:
                 (identity_dir / "chain.pem").read_bytes(),
                 (identity_dir / "bundle.pem").read_bytes(),
             )
-            if identity.not_after > datetime.now(UTC):
-                self._set_identity(identity)
-            else:
+            if identity.not_after <= datetime.now(UTC):
                 log.warning("saved certificate expired at %s: a new one is needed", identity.not_after)
+            elif not self._names_registration(identity):
+                log.warning("saved certificate names %s %s, not this Dataplane's service and tags: a new one is "
+                            "needed", identity.spiffe_id, identity.leaf.tags)
+            else:
+                self._set_identity(identity)
         except (OSError, ValueError):
             pass
         try:
@@ -101,6 +105,15 @@ class ControlPlaneAgent:
         self.on_config(config)
         log.info("serving saved config %s until the control plane answers", self.version)
         return True
+
+    def _names_registration(self, identity: Identity) -> bool:
+        """Whether a saved certificate names this Dataplane's service and the tags the zone CP would sign for it now
+        (callers are selected by them, `from` MeshSubset), its zone aside; a restart after a change of them must
+        not serve the old ones until the next renewal."""
+        inbounds = [i for i in self.doc["spec"].get("inbound") or [] if i.get("service") == self.service]
+        expected = {k: v for k, v in workload_tags(i.get("tags") or {} for i in inbounds).items() if k != ZONE_TAG}
+        tags = {k: v for k, v in identity.leaf.tags.items() if k != ZONE_TAG}
+        return identity.spiffe_id == f"spiffe://{self.mesh}/{self.service}" and tags == expected
 
     def _save_config(self, version: str, snapshot: dict[str, Any]) -> None:
         _files.ensure_dir(self.state_dir)

@@ -35,7 +35,9 @@ from meshcast.errors import (
     Violation,
 )
 from meshcast.pki import INGRESS, MeshCA, TokenClaims, TokenIssuer
+from meshcast.pki.spiffe import workload_tags
 from meshcast.pki.tokens import KEY_FILE as TOKEN_KEY_FILE
+from meshcast.policies.resolve import describe_caller
 from meshcast.resources import Resource, Scope, lookup_type, parse_resource
 from meshcast.resources.model import DEFAULT_MESH, ResourceType, Sync
 from meshcast.resources.types import DataplaneSpec, MeshSpec, Mtls, ZoneSpec
@@ -461,7 +463,11 @@ class ZoneControlPlane:
         if not mesh_spec.mtls_enabled:
             raise Conflict(f"mesh {mesh} has mTLS disabled: no certificate to issue")
         ca = self.cas.get(mesh)
-        chain = ca.sign_workload_csr(csr_pem.encode(), service=service, mesh=mesh, ttl=mesh_spec.cert_ttl)
+        # The caller's tags, as receiving sidecars will select it by (`from` MeshSubset): from the stored Dataplane
+        # only, never from the CSR, whose names are ignored.
+        tags = workload_tags((i.tags for i in spec.inbound if i.service == service), self.config.zone)
+        chain = ca.sign_workload_csr(csr_pem.encode(), service=service, mesh=mesh, ttl=mesh_spec.cert_ttl,
+                                     tags=tags)
         self.metrics.certificates.labels(mesh=mesh).inc()
         self.heard_from((mesh, name))
         status = self.streams.setdefault((mesh, name), StreamStatus())
@@ -471,6 +477,7 @@ class ZoneControlPlane:
             "certificate": chain.decode(),
             "trustBundle": ca.trust_bundle().decode(),
             "spiffeId": f"spiffe://{mesh}/{service}",
+            "tags": tags,
             "expiresAt": status.certificate_expiry,
         }
 
@@ -563,7 +570,12 @@ class ZoneControlPlane:
         for where, confs in [*(("outbound " + s, c) for s, c in sorted(effective.outbound.items())),
                              *(("inbound " + s, c) for s, c in sorted(effective.inbound.items()))]:
             for kind, conf in confs.items():
-                if where.startswith("inbound"):
+                if where.startswith("inbound") and isinstance(conf, list):  # from items with subsets: not merged
+                    sources = effective.sources.get(f"{where} {kind}", [])
+                    for item, source in zip(conf, sources, strict=True):
+                        rows.append({"where": f"{where} from {describe_caller(item['from'])}", "kind": kind,
+                                     "settings": item["default"], "from": [source]})
+                elif where.startswith("inbound"):
                     for caller, settings in conf.items():
                         rows.append({"where": f"{where} from {caller}", "kind": kind, "settings": settings,
                                      "from": effective.sources.get(f"{where} {kind} from {caller}", [])})

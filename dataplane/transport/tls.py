@@ -1,10 +1,10 @@
 """Mutual TLS between sidecars: the workload identity and the SSL contexts built from it.
 
 Inbound listeners accept TLS 1.3 only, require a client certificate that chains to the mesh's trust bundle, and
-read the caller's SPIFFE ID from it; outbound connections present the sidecar's certificate and verify the peer
-against the same bundle. Hostname checks are off: the peer's identity is its SPIFFE URI SAN, checked by the
-proxy's authorization, not a DNS name. A rotated identity builds new contexts; connections already open keep the
-context they were made with, so rotation drops nothing.
+read the caller's SPIFFE ID and tags from it (`peer_identity`); outbound connections present the sidecar's
+certificate and verify the peer against the same bundle. Hostname checks are off: the peer's identity is its SPIFFE
+URI SAN, checked by the proxy's authorization, not a DNS name. A rotated identity builds new contexts; connections
+already open keep the context they were made with, so rotation drops nothing.
 
 Certificates are read with the standard library (`meshcast.pki.certinfo`): the long-lived sidecar never imports
 `cryptography`, whose keys and CSRs are made in a short-lived child process (`dataplane.transport.keygen`).
@@ -16,6 +16,7 @@ import functools
 import os
 import ssl
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from meshcast.pki import CLOCK_SKEW
 from meshcast.pki.certinfo import CertificateInfo, read_der, read_pem
+from meshcast.pki.spiffe import parse_id
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -118,3 +120,29 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
         return read_der(der).spiffe_id
     except ValueError:  # no SPIFFE ID, several, or a malformed one: no identity
         return None
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    """Who a verified peer is: its SPIFFE ID, the service that names, and the tags its certificate names (signed by
+    the mesh CA from the peer's registered Dataplane; `service` not among them)."""
+
+    spiffe_id: str
+    service: str
+    tags: Mapping[str, str]
+
+
+def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> PeerIdentity | None:
+    """The identity of a verified peer, or None if it presented no usable certificate (no SPIFFE ID, several, a
+    mesh's rather than a workload's, or a malformed tag)."""
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    try:
+        info = read_der(der)
+        spiffe_id = info.spiffe_id
+        _, service = parse_id(spiffe_id)
+        tags = info.tags
+    except ValueError:
+        return None
+    return None if service is None else PeerIdentity(spiffe_id, service, tags)

@@ -5,9 +5,13 @@ Hierarchy (design.md, "Identity and security")::
     root      CN=Meshcast <mesh> root CA                 CA:true pathLen:1   URI spiffe://<mesh>   (global CP)
     └ zone    CN=Meshcast <mesh> <zone> intermediate CA  CA:true pathLen:0   URI spiffe://<mesh>   (zone CP)
       └ leaf  (empty subject)                            CA:false            URI spiffe://<mesh>/<service>
+                                                                             URI meshcast://tag/<name>/<value> ...
 
 A root may also sign leaves directly (a single-zone mesh). Leaves have an empty subject and a critical
-subjectAltName, as RFC 5280 requires for an empty subject; the SPIFFE ID is the identity, nothing else is.
+subjectAltName, as RFC 5280 requires for an empty subject; the SPIFFE ID is the identity, nothing else is. After it
+come the instance's tags (`version`, `zone`, ...), one URI each, sorted by name, percent-encoded
+(`meshcast.pki.spiffe.tag_uri`): the zone CP takes them from the registered Dataplane, so a workload cannot claim
+tags it was not registered with, and receiving sidecars select callers by them (`MeshSubset` in `from`).
 Every key is ECDSA P-256 and every signature ECDSA with SHA-256.
 
 Signing is pure CPU work (about half a millisecond); everything that does not depend on the request (issuer
@@ -17,7 +21,7 @@ name, authority key identifier, the fixed extensions, the chain to append) is co
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -30,7 +34,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from meshcast.errors import MeshcastError, ValidationError, Violation
 from meshcast.pki import _files
 from meshcast.pki._clock import CLOCK_SKEW, aware_now
-from meshcast.pki.spiffe import check_label, parse_id, spiffe_id_of, trust_domain_id, workload_id
+from meshcast.pki.spiffe import (
+    check_label,
+    check_tags,
+    parse_id,
+    spiffe_id_of,
+    tag_uri,
+    trust_domain_id,
+    workload_id,
+)
 from meshcast.pki.workload import build_csr
 
 DEFAULT_ROOT_VALIDITY = timedelta(days=3650)
@@ -134,8 +146,9 @@ class MeshCA:
 
     Raises `ValidationError` for a bad CSR or name, `MeshcastError` when the CA itself has expired, and
     `ValueError` for misuse (an intermediate asked to sign intermediates, a non-positive TTL, another mesh).
-    Guarantees that every leaf it signs names exactly one URI SAN ``spiffe://<mesh>/<service>``, is not a CA,
-    and expires no later than the signing CA.
+    Guarantees that every leaf it signs names exactly one ``spiffe://<mesh>/<service>`` URI SAN, then one
+    ``meshcast://tag/<name>/<value>`` URI SAN per tag it was given and no other name, is not a CA, and expires no
+    later than the signing CA.
     """
 
     __slots__ = (
@@ -313,16 +326,30 @@ class MeshCA:
     # --- signing --------------------------------------------------------------------------------------------
 
     def sign_workload_csr(
-        self, csr_pem: bytes, *, service: str, mesh: str, ttl: timedelta, now: datetime | None = None
+        self,
+        csr_pem: bytes,
+        *,
+        service: str,
+        mesh: str,
+        ttl: timedelta,
+        tags: Mapping[str, str] | None = None,
+        now: datetime | None = None,
     ) -> bytes:
-        """Sign a workload certificate for ``spiffe://<mesh>/<service>``; return the chain to present (PEM).
+        """Sign a workload certificate for ``spiffe://<mesh>/<service>`` with `tags`; return the chain to present.
 
-        The caller (the zone CP) has already authorized `service`; every name the CSR asks for is ignored,
-        only its public key is used, and only after its signature proves possession of the private key.
+        The caller (the zone CP) has already authorized `service` and read `tags` from the registered Dataplane
+        (`service` is not among them: the SPIFFE ID names it); every name the CSR asks for is ignored, only its
+        public key is used, and only after its signature proves possession of the private key.
         """
         if mesh != self._mesh:
             raise ValueError(f"this CA signs for mesh {self._mesh!r}, not {mesh!r}")
         uri = workload_id(mesh, service)
+        tags = dict(tags or {})
+        violations = check_tags(tags)
+        if violations:
+            raise ValidationError("workload certificate", violations)
+        names = [x509.UniformResourceIdentifier(uri)]
+        names += [x509.UniformResourceIdentifier(tag_uri(name, tags[name])) for name in sorted(tags)]
         if ttl <= timedelta(0):
             raise ValueError("ttl must be positive")
         public_key = _csr_public_key(csr_pem)
@@ -341,7 +368,7 @@ class MeshCA:
             .add_extension(_LEAF_EKU, critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(self._aki, critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True)
+            .add_extension(x509.SubjectAlternativeName(names), critical=True)
             .sign(self._key, _SHA256)
         )
         return cert.public_bytes(_PEM) + self._presented_pem

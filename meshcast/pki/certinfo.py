@@ -1,4 +1,4 @@
-"""What a sidecar reads of a certificate (its validity and its SPIFFE ID), with the standard library only.
+"""What a sidecar reads of a certificate (its validity, its SPIFFE ID and its tags), with the standard library only.
 
 The long-lived sidecar does not load `cryptography` (about 8 MB of its memory, docs/benchmarks.md): the `ssl` module
 loads its certificate and verifies its peers', and this is all it needs to know besides. A certificate is DER
@@ -12,7 +12,8 @@ loads its certificate and verifies its peers', and this is all it needs to know 
     subjectAltName  (2.5.29.17) SEQUENCE OF GeneralName, a URI being [6] IA5String
 
 It only reads certificates that OpenSSL verified (a peer's) or that the mesh CA issued (the sidecar's own); anything
-it cannot follow raises ValueError, never a wrong answer.
+it cannot follow raises ValueError, never a wrong answer. The URI SANs are one ``spiffe://<mesh>/<service>`` and
+the instance's tags, one ``meshcast://tag/<name>/<value>`` each (`meshcast.pki.spiffe`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from meshcast.pki.spiffe import NO_SAN, spiffe_id_in
+from meshcast.pki.spiffe import NO_SAN, spiffe_id_in, tags_in
 
 _SEQUENCE, _OID, _OCTET_STRING, _UTC_TIME, _GENERALIZED_TIME = 0x30, 0x06, 0x04, 0x17, 0x18
 _VERSION, _EXTENSIONS, _URI = 0xA0, 0xA3, 0x86
@@ -43,6 +44,12 @@ class CertificateInfo:
         if self.uris is None:
             raise ValueError(NO_SAN)
         return spiffe_id_in(self.uris)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The tags the certificate names (`meshcast://tag/<name>/<value>` URI SANs), `service` not among them;
+        ValueError if one is malformed or named twice."""
+        return tags_in(self.uris or ())
 
 
 def read_pem(pem: bytes) -> CertificateInfo:

@@ -4,10 +4,12 @@
 or the proxy as a whole):
 
 1. Take every item that applies: a policy whose top-level `targetRef` selects the proxy, and in it each `to` item
-   whose `targetRef` covers S (each `from` item covering C; the policy's `default` for proxy-wide kinds).
+   whose `targetRef` covers S (each `from` item covering C, by its service and the tags its certificate names; the
+   policy's `default` for proxy-wide kinds).
 2. Order them from the least to the most specific: by the top-level `targetRef`'s kind (`Mesh` < `MeshSubset` <
    `MeshService` = `MeshGateway` < `MeshServiceSubset`, then the number of tags), then by the item's `targetRef`
-   (`Mesh` < `MeshService`), then by policy name, then by the item's position in its policy.
+   (the same ranks: `Mesh` < `MeshSubset` < `MeshService` < `MeshServiceSubset`, then the number of tags), then by
+   policy name, then by the item's position in its policy.
 3. Merge their `default` settings in that order: a later (more specific) item's field replaces the earlier one's;
    objects merge field by field, lists and values are replaced whole. A field no item sets keeps the data plane's
    default.
@@ -21,6 +23,13 @@ matches in this order: the more specific match (an `Exact` path, then a `Regular
 in 2. A MeshTCPRoute is taken whole from the most specific policy. MeshTrafficPermission merges like the others: the
 action of the most specific item covering the caller decides (no item: allowed, as with Kuma's default allow-all
 policy; write a `Mesh`-wide `Deny` to close the mesh).
+
+Callers are many and known only when they connect, so for the `from` kinds the rule's last step runs in the
+receiving sidecar (`dataplane.policy`). What it gets, per inbound service and kind, is either a mapping from caller
+(a service name, `*` for any other caller) to the merged settings, when no item of that kind targets a subset
+(`MeshSubset`, `MeshServiceSubset`; the form sidecars of earlier releases read), or else the list of every `from`
+item already ordered by step 2, each as its targetRef (`from`: kind, name, tags) and its `default`: the sidecar
+merges those that cover a caller once per caller, when it first connects.
 """
 
 from __future__ import annotations
@@ -96,12 +105,13 @@ class Policy:
         return self.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _items(policy: Policy, section: str, covers: str) -> list[tuple[int, TargetRef, dict[str, Any]]]:
-    """(position, targetRef, item) of the `to`/`from` items of `policy` that cover service or caller `covers`."""
+def _items(policy: Policy, section: str, covers: str | None) -> list[tuple[int, TargetRef, dict[str, Any]]]:
+    """(position, targetRef, item) of the `to`/`from` items of `policy` that cover service or caller `covers`
+    (None: every item)."""
     spec_items = getattr(policy.spec, "from_" if section == "from" else "to", None) or []
     dumped = policy.dumped.get(section, [])
     return [(index, item.target_ref, dumped[index]) for index, item in enumerate(spec_items)
-            if item.target_ref.names_service(covers)]
+            if covers is None or item.target_ref.names_service(covers)]
 
 
 def _order(policy: Policy, item_ref: TargetRef | None, index: int) -> tuple[Any, ...]:
@@ -111,8 +121,9 @@ def _order(policy: Policy, item_ref: TargetRef | None, index: int) -> tuple[Any,
 
 @dataclass
 class Effective:
-    """What applies to one proxy: settings by kind for each outbound service, each inbound service (and caller),
-    and the proxy as a whole; `sources` names the policies behind each, for `meshcast inspect dataplane`."""
+    """What applies to one proxy: settings by kind for each outbound service, each inbound service (by caller, or
+    the ordered `from` items when some select callers by tags), and the proxy as a whole; `sources` names the
+    policies behind each (for `from` items, one per item), for `meshcast inspect dataplane`."""
 
     outbound: dict[str, dict[str, Any]] = field(default_factory=dict)
     inbound: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -160,6 +171,11 @@ def resolve(policies: Iterable[Policy], proxy: ProxyFacts, outbound: Iterable[st
         confs = {}
         for kind in FROM_KINDS:
             of_kind = [p for p in here if p.kind == kind]
+            if any(ref.tags for p in of_kind for ref in _from_refs(p)):
+                items = _from_items(of_kind)
+                confs[kind] = [item for _, item in items]
+                effective.sources[f"inbound {service} {kind}"] = [source for source, _ in items]
+                continue
             callers = sorted({ref.name for p in of_kind for ref in _from_refs(p) if ref.name is not None})
             by_caller = {}
             for caller in [ANY_CALLER, *callers]:
@@ -181,6 +197,20 @@ def resolve(policies: Iterable[Policy], proxy: ProxyFacts, outbound: Iterable[st
 
 def _from_refs(policy: Policy) -> list[TargetRef]:
     return [item.target_ref for item in getattr(policy.spec, "from_", None) or []]
+
+
+def _from_items(policies: list[Policy]) -> list[tuple[str, dict[str, Any]]]:
+    """Every `from` item of `policies` as the sidecar matches it, least specific first, with its source."""
+    ordered = sorted(((_order(p, ref, i), p.source, {"from": ref.wire, "default": item.get("default", {})})
+                      for p in policies for i, ref, item in _items(p, "from", None)), key=lambda entry: entry[0])
+    return [(source, item) for _, source, item in ordered]
+
+
+def describe_caller(ref: Mapping[str, Any]) -> str:
+    """A `from` targetRef as `meshcast inspect dataplane` shows the callers it covers: `*` (any), a service name,
+    then the tags (`* version=v1`, `web version=v1`)."""
+    tags = " ".join(f"{k}={v}" for k, v in sorted((ref.get("tags") or {}).items()))
+    return " ".join(filter(None, [ref.get("name") or "*", tags]))
 
 
 def match_rank(match: Mapping[str, Any]) -> tuple[int, int, int, int, int]:

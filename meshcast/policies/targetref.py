@@ -5,23 +5,25 @@ A policy's top-level `targetRef` selects **proxies** (the sidecars, gateways it 
 **caller**. Kinds, from the least to the most specific (the order that decides which of several matching policies
 wins, see `meshcast.policies.resolve`):
 
-| kind                | fields         | selects a proxy when                                | in to / from |
-|---------------------|----------------|-----------------------------------------------------|--------------|
-| `Mesh`              | —              | always                                              | any          |
-| `MeshSubset`        | `tags`         | one of its inbounds has all `tags`                  | —            |
-| `MeshGateway`       | `name`         | it is the edge gateway of that MeshGateway          | —            |
-| `MeshService`       | `name`         | one of its inbounds is that service                 | that service |
-| `MeshServiceSubset` | `name`, `tags` | one of its inbounds is that service with all `tags` | —            |
+| kind                | fields         | selects a proxy when             | in `to`      | in `from`: callers that are |
+|---------------------|----------------|----------------------------------|--------------|-----------------------------|
+| `Mesh`              | —              | always                           | any          | any                         |
+| `MeshSubset`        | `tags`         | an inbound has all `tags`        | —            | instances with all `tags`   |
+| `MeshGateway`       | `name`         | it is that MeshGateway's gateway | —            | —                           |
+| `MeshService`       | `name`         | an inbound is that service       | that service | that service                |
+| `MeshServiceSubset` | `name`, `tags` | an inbound is it with all `tags` | —            | it, with all `tags`         |
 
-A caller is known by the SPIFFE ID of its certificate (`spiffe://<mesh>/<service>`), which carries its service and
-no tags, so `from` takes `Mesh` and `MeshService` only.
+A caller is known by its certificate: the SPIFFE ID (`spiffe://<mesh>/<service>`) names its service, and one URI SAN
+per tag (`meshcast://tag/<name>/<value>`) the tags of its instance, written by the zone CP from the caller's
+registered Dataplane (its inbounds' tags and the zone as `zone`; `meshcast.pki.spiffe`), so a caller cannot claim
+tags it was not registered with. A `from` item's `tags` are matched against those tags and `service`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -81,6 +83,12 @@ class TargetRef(Spec):
     def names_service(self, service: str) -> bool:
         """Whether this `to`/`from` targetRef covers traffic to (or from) `service`."""
         return self.kind == "Mesh" or self.name == service
+
+    @property
+    def wire(self) -> dict[str, Any]:
+        """The fields a sidecar matches a `from` item by (`dataplane.policy`): kind, name and tags if any."""
+        return {"kind": self.kind, **({"name": self.name} if self.name is not None else {}),
+                **({"tags": dict(self.tags)} if self.tags else {})}
 
     def describe(self) -> str:
         if self.kind == "Mesh":

@@ -182,6 +182,7 @@ def test_every_zone_signs_under_the_global_mesh_root(federation: dict[str, Any])
     from cryptography import x509
 
     from meshcast.pki import build_csr, generate_workload_key, verify_chain
+    from meshcast.pki.certinfo import read_pem
 
     zones, tmp = federation["zones"], federation["tmp"]
     issued = {}
@@ -207,6 +208,7 @@ def test_every_zone_signs_under_the_global_mesh_root(federation: dict[str, Any])
         assert len(chain) == 2 and f"{zone_name} intermediate CA" in chain[1].subject.rfc4514_string()
         issuers.add(chain[1].subject.rfc4514_string())
         verify_chain(answer["certificate"].encode(), answer["trustBundle"].encode())
+        assert read_pem(answer["certificate"].encode()).tags == {"zone": zone_name}  # the signing zone, as a tag
         # The intermediate's key never left the zone: only the zone's state dir holds it.
         assert (tmp / zone_name / "ca" / "default" / "ca.key").exists()
         assert not (tmp / "global" / "ca" / "default" / "zones").exists()

@@ -4,8 +4,9 @@ measures the outcome; the policy is deleted again at the end of each test.
 
 Topology (one zone CP, memory store, mTLS on): `web` (a client, its sidecar with an outbound to `backend`),
 `backend` instances `backend-v1` (tags version=v1) and `backend-v2` (version=v2), and `other` (a second caller
-with an outbound to `backend`, so permissions can tell callers apart). Each backend app counts what it received
-and can be told to fail a share of its requests or to answer slowly.
+with an outbound to `backend`, so permissions can tell callers apart). The two backend instances also have an
+outbound to `web`, so permissions can tell callers of one service apart by their tags. Each app counts what it
+received and can be told to fail a share of its requests or to answer slowly.
 """
 
 from __future__ import annotations
@@ -110,13 +111,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("policies")
     cp = ZoneCPProcess(tmp / "cp", "--heartbeat-timeout", "3", "--heartbeat-interval", "0.5")
     apps = {name: App(name) for name in ("backend-v1", "backend-v2", "web", "other")}
-    outs = {"web": free_port(), "other": free_port(), "plain": free_port()}
+    outs = {"web": free_port(), "other": free_port(), "plain": free_port(), "v1": free_port(), "v2": free_port()}
     started: list[SidecarProcess] = []
     try:
         cp.start()
         cp_apply(cp, {"type": "Mesh", "name": "default", "spec": {"mtls": {}}})
-        docs = [dataplane("backend-v1", "backend", apps["backend-v1"].port, {"version": "v1"}),
-                dataplane("backend-v2", "backend", apps["backend-v2"].port, {"version": "v2"}),
+        docs = [dataplane("backend-v1", "backend", apps["backend-v1"].port, {"version": "v1"}, {"web": outs["v1"]}),
+                dataplane("backend-v2", "backend", apps["backend-v2"].port, {"version": "v2"}, {"web": outs["v2"]}),
                 dataplane("web", "web", apps["web"].port, outbound={"backend": outs["web"], "plain": outs["plain"]}),
                 dataplane("other", "other", apps["other"].port, outbound={"backend": outs["other"]}),
                 # `plain`: the same two apps as an opaque TCP service (for MeshTCPRoute)
@@ -214,6 +215,35 @@ def test_a_shadow_deny_lets_calls_through_and_counts_them(world: dict[str, Any])
                   for (name, labels), value in scrape(world["sidecars"][sidecar]).items()
                   if name == "meshcast_dp_shadow_denied_total")
     assert counted == 30
+
+
+def test_callers_of_one_service_are_told_apart_by_the_tags_in_their_certificates(world: dict[str, Any]) -> None:
+    """backend-v1 and backend-v2 call web with certificates for the same service, `backend`; the zone CP signed
+    their registered `version` tags into them, and web's sidecar lets v2 through and refuses v1."""
+    client, web = world["client"], world["apps"]["web"]
+    for caller in ("v1", "v2"):  # both reach web before the permission
+        wait_for(lambda caller=caller: client.get(world["urls"][caller] + "/warm").status_code == 200,
+                 f"backend-{caller} reaches web")
+    apply_policy(world, "MeshTrafficPermission", "web-from-backend-v2", {
+        "targetRef": {"kind": "MeshService", "name": "web"},
+        "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Deny"}},
+                 {"targetRef": {"kind": "MeshSubset", "tags": {"version": "v1"}}, "default": {"action": "Deny"}},
+                 {"targetRef": {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}},
+                  "default": {"action": "Allow"}}]},
+        at="web")
+    before = web.received
+    denied = calls(world, 30, caller="v1")
+    assert Counter(r.status_code for r in denied) == {403: 30}
+    assert {r.headers["x-meshcast-error"] for r in denied} == {"forbidden"}
+    assert web.received == before  # nothing reached the app
+    allowed = calls(world, 30, caller="v2")
+    assert Counter(r.status_code for r in allowed) == {200: 30}
+    assert {r.json()["server"] for r in allowed} == {"web"} and web.received == before + 30
+    # `meshcast inspect dataplane` lists the items in merge order, each with the callers it covers
+    detail = json.loads(world["cp"].cli("inspect", "dataplane", "web", "-o", "json").stdout)
+    rows = [(row["where"], row["settings"]) for row in detail["policies"] if row["kind"] == "MeshTrafficPermission"]
+    assert rows == [("inbound web from *", {"action": "Deny"}), ("inbound web from * version=v1", {"action": "Deny"}),
+                    ("inbound web from backend version=v2", {"action": "Allow"})]
 
 
 def test_a_90_10_split_between_subsets(world: dict[str, Any]) -> None:

@@ -14,8 +14,10 @@ import pytest
 import trio
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
-from meshcast.pki import TokenIssuer, build_csr, generate_workload_key, spiffe_id_of, verify_chain
+from meshcast.pki import TokenIssuer, generate_workload_key, spiffe_id_of, verify_chain
+from meshcast.pki.certinfo import read_pem
 from meshcast.testing.simdp import SimDataplane
 from meshcast.wire.cpclient import ControlPlaneClient, ControlPlaneError
 from tests.support.zone import ZoneCPProcess
@@ -108,13 +110,21 @@ def test_cli_errors_are_one_line(zone_cp: ZoneCPProcess) -> None:
 
 async def test_registered_dataplane_gets_a_spiffe_certificate(zone_cp: ZoneCPProcess) -> None:
     client = ControlPlaneClient(zone_cp.url, zone_cp.token("backend"))
-    await client.register(dataplane("backend-1", "backend", 10001))
+    doc = dataplane("backend-1", "backend", 10001)
+    doc["spec"]["inbound"][0]["tags"] = {"version": "v2", "service": "admin"}
+    await client.register(doc)
     key = generate_workload_key()
-    # The CSR asks for another identity; the CA ignores it and signs the registered service's SPIFFE ID.
-    issued = await client.sign_certificate("default", "backend-1", build_csr(key, "spiffe://default/admin"))
+    # The CSR asks for another identity and other tags; the CA ignores them and signs the registered service's
+    # SPIFFE ID with the registered Dataplane's tags (`service` is the SPIFFE ID's, never a tag).
+    claims = [x509.UniformResourceIdentifier(u) for u in ("spiffe://default/admin", "meshcast://tag/version/v9")]
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+           .add_extension(x509.SubjectAlternativeName(claims), critical=False)
+           .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    issued = await client.sign_certificate("default", "backend-1", csr)
     chain = issued["certificate"].encode()
     leaf = x509.load_pem_x509_certificate(chain)
     assert spiffe_id_of(leaf) == "spiffe://default/backend"
+    assert read_pem(chain).tags == issued["tags"] == {"version": "v2"}  # this zone CP has no zone name
     assert verify_chain(chain, issued["trustBundle"].encode()) == "spiffe://default/backend"
     lifetime = leaf.not_valid_after_utc - datetime.now(UTC)
     assert timedelta(hours=23) < lifetime <= timedelta(hours=24)

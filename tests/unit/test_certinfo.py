@@ -1,4 +1,5 @@
-"""Reading a certificate with the standard library only (`meshcast.pki.certinfo`), checked against cryptography."""
+"""Reading a certificate with the standard library only (`meshcast.pki.certinfo`), checked against cryptography:
+validity, the SPIFFE ID and the tags."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshcast.pki import MeshCA, build_csr, generate_workload_key, spiffe_id_of
+from meshcast.pki import MeshCA, build_csr, generate_workload_key, spiffe_id_of, verify_chain
 from meshcast.pki.certinfo import read_der, read_pem
+from meshcast.pki.spiffe import TAG_KEY, TAG_VALUE
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -97,6 +99,58 @@ def test_damaged_certificates_raise_only_value_error(chain: bytes, index: int, m
         data[index] ^= mask
     try:
         info = read_der(bytes(data))
-        _ = info.spiffe_id
+        _ = info.spiffe_id, info.tags
     except ValueError:
         pass
+
+
+# --- tags: one `meshcast://tag/<name>/<value>` URI SAN each ------------------------------------------------------
+
+TAG_NAMES = st.from_regex(TAG_KEY, fullmatch=True).filter(lambda name: name != "service")
+TAG_VALUES = st.from_regex(TAG_VALUE, fullmatch=True)
+
+
+@pytest.fixture(scope="module")
+def csr() -> bytes:
+    return build_csr(generate_workload_key(), "spiffe://demo/web")
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tags=st.dictionaries(TAG_NAMES, TAG_VALUES, max_size=6))
+def test_tags_round_trip_through_the_certificate(root: MeshCA, csr: bytes, tags: dict[str, str]) -> None:
+    chain = root.sign_workload_csr(csr, service="web", mesh="demo", ttl=timedelta(hours=1), tags=tags, now=NOW)
+    info = read_pem(chain)
+    assert info.spiffe_id == "spiffe://demo/web" and info.tags == tags
+    cert = x509.load_pem_x509_certificate(chain)
+    assert spiffe_id_of(cert) == "spiffe://demo/web" and len(info.uris or ()) == 1 + len(tags)
+    assert verify_chain(chain, root.trust_bundle(), now=NOW) == "spiffe://demo/web"  # RFC 5280 path validation
+
+
+SPIFFE = x509.UniformResourceIdentifier("spiffe://demo/web")
+
+
+@pytest.mark.parametrize(("tag_uris", "reason"), [
+    (["meshcast://tag/version"], "malformed tag URI"),
+    (["meshcast://tag/version/v1/x"], "malformed tag URI"),
+    (["meshcast://tag/team%2fowner/a"], "malformed tag URI"),  # not the canonical encoding (%2F)
+    (["meshcast://tag/team/owner/a"], "malformed tag URI"),  # a `/` left unencoded
+    (["meshcast://tag/version/v%201"], "malformed tag URI"),  # a space: not a tag value
+    (["meshcast://tag/version/%FF"], "decode"),  # not UTF-8
+    (["meshcast://tag/service/admin"], "malformed tag URI"),  # the SPIFFE ID names the service
+    (["meshcast://tag/version/v1", "meshcast://tag/version/v2"], "tag 'version' twice"),
+])
+def test_a_malformed_tag_is_a_value_error_not_a_tag(tag_uris: list[str], reason: str) -> None:
+    san = x509.SubjectAlternativeName([SPIFFE, *(x509.UniformResourceIdentifier(u) for u in tag_uris)])
+    info = read_der(der(self_signed(datetime(2030, 1, 1, tzinfo=UTC), san)))
+    assert info.spiffe_id == "spiffe://demo/web"
+    with pytest.raises(ValueError, match=reason):
+        _ = info.tags
+
+
+def test_two_spiffe_ids_are_refused_whatever_the_tags() -> None:
+    san = x509.SubjectAlternativeName([SPIFFE, x509.UniformResourceIdentifier("meshcast://tag/version/v1"),
+                                       x509.UniformResourceIdentifier("spiffe://demo/admin")])
+    info = read_der(der(self_signed(datetime(2030, 1, 1, tzinfo=UTC), san)))
+    assert info.tags == {"version": "v1"}
+    with pytest.raises(ValueError, match="names 2"):
+        _ = info.spiffe_id

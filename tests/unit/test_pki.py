@@ -524,3 +524,55 @@ def test_repr_hides_the_key(root: MeshCA, zone: MeshCA) -> None:
 def test_generate_validates_the_mesh_name() -> None:
     with pytest.raises(ValidationError, match="mesh"):
         MeshCA.generate("Not A Label")
+
+
+# --- tags: written by the CA from what the zone CP passes, never from the CSR -----------------------------------
+
+
+def uris(cert: x509.Certificate) -> list[str]:
+    return ext(cert, x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def test_tags_come_from_the_signer_never_from_the_csr(root: MeshCA, key: ec.EllipticCurvePrivateKey) -> None:
+    claimed = [x509.UniformResourceIdentifier(u) for u in (
+        "spiffe://demo/web", "meshcast://tag/version/v9", "meshcast://tag/admin/true", "meshcast://tag/zone/us")]
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+           .add_extension(x509.SubjectAlternativeName(claimed), critical=False)
+           .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    [leaf] = certs(root.sign_workload_csr(csr, service="web", mesh="demo", ttl=DAY, now=NOW,
+                                          tags={"zone": "eu", "version": "v1", "team/owner": "a:b"}))
+    assert uris(leaf) == ["spiffe://demo/web", "meshcast://tag/team%2Fowner/a%3Ab", "meshcast://tag/version/v1",
+                          "meshcast://tag/zone/eu"]  # the SPIFFE ID first, then the tags by name
+    assert spiffe_id_of(leaf) == "spiffe://demo/web"
+    [bare] = certs(root.sign_workload_csr(csr, service="web", mesh="demo", ttl=DAY, now=NOW))
+    assert uris(bare) == ["spiffe://demo/web"]
+
+
+@pytest.mark.parametrize(("tags", "message"), [
+    ({"service": "admin"}, "tags.service: the SPIFFE ID names the service"),
+    ({"version": "v 1"}, "tags.version: invalid tag value 'v 1'"),
+    ({"-version": "v1"}, "tags: invalid tag name '-version'"),
+    ({"version": ""}, "tags.version: invalid tag value ''"),
+])
+def test_tags_that_are_not_tags_are_refused(root: MeshCA, csr: bytes, tags: dict[str, str], message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        root.sign_workload_csr(csr, service="web", mesh="demo", ttl=DAY, tags=tags)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_tag_rules_are_the_resource_rules() -> None:
+    from meshcast.pki import spiffe
+    from meshcast.resources import types
+
+    assert spiffe.TAG_KEY.pattern == types._TAG_KEY.pattern
+    assert spiffe.TAG_VALUE.pattern == types._TAG_VALUE.pattern
+
+
+def test_workload_tags_are_those_every_inbound_agrees_on_and_the_signing_zone() -> None:
+    from meshcast.pki.spiffe import workload_tags
+
+    inbounds = [{"version": "v1", "team": "a", "service": "web", "zone": "us"}, {"version": "v1", "team": "b"}]
+    assert workload_tags(inbounds, "eu") == {"version": "v1", "zone": "eu"}
+    assert workload_tags(inbounds[:1], "eu") == {"version": "v1", "team": "a", "zone": "eu"}  # the signer's zone
+    assert workload_tags(inbounds[:1], "") == {"version": "v1", "team": "a", "zone": "us"}  # no zone name: as is
+    assert workload_tags([], "eu") == {"zone": "eu"}  # an edge gateway's identity: no inbound of its own
