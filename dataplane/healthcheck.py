@@ -3,12 +3,13 @@
 Theory of operation. For every outbound service with a MeshHealthCheck in force, the sidecar probes each endpoint
 every `interval`: an HTTP check opens a connection the way a call would (mTLS to the endpoint's sidecar, ALPN
 http/1.1, the endpoint's SNI for another zone's ingress), sends `GET <path>` and expects a status in
-`expectedStatuses` (2xx by default) within `timeout`; a TCP check (also used for gRPC services for now) only needs
-the mTLS connection to succeed. `HealthState` (pure) counts consecutive results: `unhealthyThreshold` failures take
-an endpoint out of balancing, `healthyThreshold` successes bring it back. Active health combines with passive health
-(outlier detection) by intersection: an endpoint must be neither failing its checks nor ejected. When every
-endpoint of a service fails its checks, all are kept (a panic, as Envoy's): checks that fail everywhere more likely
-point at the check than at every instance.
+`expectedStatuses` (2xx by default) within `timeout`; a gRPC check connects with ALPN h2 and calls
+`grpc.health.v1.Health/Check` for `serviceName`, expecting SERVING (`dataplane.grpchealth`); a TCP check only needs
+the mTLS connection to succeed. A policy naming several takes gRPC over HTTP over TCP. `HealthState` (pure) counts
+consecutive results: `unhealthyThreshold` failures take an endpoint out of balancing, `healthyThreshold` successes
+bring it back. Active health combines with passive health (outlier detection) by intersection: an endpoint must be
+neither failing its checks nor ejected. When every endpoint of a service fails its checks, all are kept (a panic, as
+Envoy's): checks that fail everywhere more likely point at the check than at every instance.
 """
 
 from __future__ import annotations
@@ -26,19 +27,22 @@ class HealthCheckSpec:
     timeout: float = 2.0
     unhealthy_threshold: int = 3
     healthy_threshold: int = 1
-    path: str | None = None  # None: a TCP (connection) check
+    path: str | None = None  # None: a TCP (connection) check, or a gRPC one
     expected: frozenset[int] | None = None  # None: any 2xx
+    grpc_service: str | None = None  # set: a gRPC check asking about this service ("": the server as a whole)
 
     @classmethod
     def of(cls, conf: dict[str, Any]) -> HealthCheckSpec:
         def seconds(key: str, default: float) -> float:
             return parse_duration(conf[key]).total_seconds() if key in conf else default
 
-        http = conf.get("http")
+        grpc = conf.get("grpc")
+        http = conf.get("http") if grpc is None else None
         return cls(interval=seconds("interval", 10.0), timeout=seconds("timeout", 2.0),
                    unhealthy_threshold=int(conf.get("unhealthyThreshold", 3)),
                    healthy_threshold=int(conf.get("healthyThreshold", 1)),
                    path=http.get("path", "/") if http is not None else None,
+                   grpc_service=str(grpc.get("serviceName", "")) if grpc is not None else None,
                    expected=frozenset(http["expectedStatuses"]) if http and http.get("expectedStatuses") else None)
 
     def passes(self, status: int) -> bool:
