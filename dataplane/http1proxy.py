@@ -144,6 +144,7 @@ class Upstream:
     delay: float = 0.0
     observe: Callable[[int | None, str | None], None] | None = None
     service: str | None = None  # the service the call goes to (metrics, logs, spans)
+    stream_idle: float | None = None  # MeshTimeout http.streamIdleTimeout: the longest wait for the upstream
 
 
 Check = Callable[[int | None, str | None], bool]  # an attempt's status or failure -> try again?
@@ -379,7 +380,7 @@ class Http1Proxy:
                 target.pool.created += 1
             outcome = await self._forward(request, path, headers, conn, target, check, attempt_timeout)
             if outcome == "reuse":
-                target.pool.give_back(key, conn)
+                target.pool.give_back(key, conn, target.service)
                 return "keep"
             await conn.stream.aclose()
             if outcome == "retry":
@@ -477,6 +478,9 @@ class Http1Proxy:
 
     async def _pump_response(self, request: RequestReceived, up: EventReader, state: dict[str, bool],
                              target: Upstream, check: Check, head_within: float) -> str:
+        idle = target.stream_idle
+        if idle is not None:
+            head_within = min(head_within, idle)
         with trio.CancelScope(deadline=trio.current_time() + head_within) as waiting:
             event = await up.next()
             while isinstance(event, ResponseReceived) and event.informational and event.status != 101:
@@ -506,7 +510,11 @@ class Http1Proxy:
             if pending and not up.buffered():
                 await self.downstream.send_all(pending)
                 pending.clear()
-            event = await up.next()
+            if idle is None:
+                event = await up.next()
+            else:  # nothing from the upstream for that long: the response is cut off (the connection closes)
+                with trio.fail_after(idle):
+                    event = await up.next()
             if isinstance(event, DataReceived):
                 self._bytes_out += len(event.data)
                 pending += self.server.send_data(event.data)

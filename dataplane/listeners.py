@@ -104,6 +104,10 @@ class ListenerSet:
                     trio.lowlevel.notify_closing(sock)
                     sock.close()
 
+    def all_bound(self, config: ProxyConfig) -> bool:
+        """Every listener the configuration asks for is accepting connections."""
+        return not self.errors and self.wanted(config) <= self._running.keys()
+
     def stop(self, spec: ListenerSpec) -> None:
         scope, sock = self._running.pop(spec)
         scope.cancel()

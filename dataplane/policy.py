@@ -3,11 +3,13 @@
 The zone control plane has already decided which policies apply and merged them (`meshcast.policies.resolve`); what
 arrives here is, per outbound service, the merged settings of each kind (`MeshRetry`, `MeshTimeout`, ...) and the
 ordered rules of its routes, and per inbound service the settings of each kind by caller (`*` for any caller
-without settings of its own). This module turns them into small objects the proxy asks on each connection or
-request: may this caller connect (`InboundPolicy.allows`), is there a token (`TokenBucket.take`), which fault to
-inject (`InboundPolicy.fault`), which rule and backend take this request (`RouteTable.match`, `Rule.pick`), may
-this failure be retried (`RetryPolicy.should_retry`, `RetryBudget`). Randomness and time are passed in, so every
-decision can be tested alone.
+without settings of its own) or, when some `from` item selects callers by tags, the ordered items, which are merged
+here for each caller (its service and the tags its certificate names) the first time it connects. This module turns
+them into small objects the proxy asks on each connection or request: what applies to this caller
+(`InboundPolicy.for_caller`, kept by the connection), may it call (`CallerPolicy.allows`), is there a token
+(`TokenBucket.take`), which fault to inject (`CallerPolicy.fault`), which rule and backend take this request
+(`RouteTable.match`, `Rule.pick`), may this failure be retried (`RetryPolicy.should_retry`, `RetryBudget`).
+Randomness and time are passed in, so every decision can be tested alone.
 
 Defaults where a policy leaves a field out (as Kuma's): retries 5 on 5xx, gateway errors, resets and connect
 failures for HTTP, 25 ms back-off base and 250 ms cap, retry budget 20 % plus 10 retries/s over 10 s; request
@@ -16,11 +18,12 @@ timeout 15 s; connect timeout 5 s; rate-limit status 429.
 
 from __future__ import annotations
 
+import copy
 import random
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from dataplane.config import InvalidConfig
@@ -73,97 +76,260 @@ class Fault:
     delay_percent: float = 0.0
 
 
+# A `from` item's targetRef as the snapshot carries it (`meshcast.policies.targetref.TargetRef.wire`).
+CALLER_KINDS = frozenset({"Mesh", "MeshSubset", "MeshService", "MeshServiceSubset"})
+_NAMED, _TAGGED = frozenset({"MeshService", "MeshServiceSubset"}), frozenset({"MeshSubset", "MeshServiceSubset"})
+T = TypeVar("T")
+_MAX_CALLERS = 4096  # callers remembered per inbound; more (a mesh of that many distinct identities) start over
+
+
+def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over`'s fields onto `base` (in place): objects merge recursively, anything else is replaced. The merge of
+    `meshcast.policies.resolve`, which the sidecar does not import (it pulls in the resource model)."""
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+@dataclass(frozen=True)
+class CallerSelector:
+    """Which callers a `from` item covers: by the service their SPIFFE ID names and the tags their certificate
+    names (`service` among them, implied). A caller without identity (mTLS off) is covered by `Mesh` only."""
+
+    kind: str
+    name: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, wire: Mapping[str, Any]) -> CallerSelector:
+        """From the snapshot; ValueError when it is not one (the sidecar NACKs)."""
+        kind, name, tags = wire["kind"], wire.get("name"), wire.get("tags") or {}
+        if kind not in CALLER_KINDS:
+            raise ValueError(f"from targetRef kind {kind!r} is not one of {sorted(CALLER_KINDS)}")
+        if (kind in _NAMED) != isinstance(name, str) or (kind in _TAGGED) != bool(tags):
+            raise ValueError(f"from targetRef {dict(wire)!r}: wrong fields for its kind")
+        if not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in tags.items()):
+            raise ValueError(f"from targetRef tags {tags!r} are not strings")
+        return cls(kind, name, tuple(sorted(tags.items())))
+
+    def covers(self, service: str | None, tags: Mapping[str, str]) -> bool:
+        if self.kind == "Mesh":
+            return True
+        if service is None or (self.name is not None and self.name != service):
+            return False
+        return all((service if key == "service" else tags.get(key)) == value for key, value in self.tags)
+
+
+class CallerTable(Generic[T]):
+    """The settings of one policy kind at one inbound, by caller, compiled by `build` (which raises on nonsense).
+
+    Two forms arrive (`meshcast.policies.resolve`): a mapping from caller service (`*`: any other caller) to its
+    merged settings, or the ordered `from` items when some target a subset of callers by tags, which are merged
+    here for each caller. `lookup` returns the compiled settings (None: no item covers the caller) and a key that
+    callers with the same settings share (their rate-limit bucket)."""
+
+    def __init__(self, wire: Mapping[str, Any] | list[Any], build: Callable[[Mapping[str, Any]], T]) -> None:
+        self._build = build
+        self._by_caller: dict[str, T] | None = None
+        self._items: list[tuple[CallerSelector, Mapping[str, Any]]] = []
+        self._compiled: list[T] = []
+        if isinstance(wire, Mapping):
+            self._by_caller = {str(caller): build(conf) for caller, conf in wire.items()}
+        elif isinstance(wire, list):
+            self._items = [(CallerSelector.of(item["from"]), item["default"]) for item in wire]
+            self._compiled = [build(conf) for _, conf in self._items]  # each item alone: refuse nonsense now
+        else:
+            raise TypeError(f"callers' settings must be a mapping or a list, not {type(wire).__name__}")
+
+    def lookup(self, service: str | None, tags: Mapping[str, str]) -> tuple[object, T | None]:
+        if self._by_caller is not None:
+            key = service if service is not None and service in self._by_caller else ANY_CALLER
+            return key, self._by_caller.get(key)
+        covering = tuple(i for i, (selector, _) in enumerate(self._items) if selector.covers(service, tags))
+        if not covering:
+            return covering, None
+        if len(covering) == 1:
+            return covering, self._compiled[covering[0]]
+        merged: dict[str, Any] = {}
+        for i in covering:  # least specific first: the zone CP ordered them
+            deep_merge(merged, self._items[i][1])
+        return covering, self._build(merged)
+
+    def values(self) -> list[T]:
+        """Every setting some caller may get (each item alone, for the list form)."""
+        return list(self._by_caller.values()) if self._by_caller is not None else list(self._compiled)
+
+
 @dataclass
-class InboundPolicy:
-    """What applies to calls received by one inbound, by caller (`*`: callers without settings of their own)."""
+class CallerPolicy:
+    """What applies to one caller's calls at one inbound, worked out once per caller (`InboundPolicy.for_caller`)
+    and kept by its connections. Its rate-limit buckets are the inbound's, shared by callers with the same
+    settings (every caller no item names shares the inbound's)."""
 
-    actions: dict[str, str] = field(default_factory=dict)
-    http_limits: dict[str, RateLimit | None] = field(default_factory=dict)
-    tcp_limits: dict[str, RateLimit | None] = field(default_factory=dict)
-    faults: dict[str, list[Fault]] = field(default_factory=dict)
-    access_logs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # caller -> MeshAccessLog file paths
-    _buckets: dict[tuple[str, str], TokenBucket] = field(default_factory=dict)
+    action: str | None = None
+    http_limit: RateLimit | None = None
+    tcp_limit: RateLimit | None = None
+    faults: tuple[Fault, ...] = ()
+    logs: tuple[str, ...] = ()
+    timeouts: InboundTimeouts | None = None  # MeshTimeout `from`: the app's answer to this caller's calls
+    buckets: dict[tuple[str, object], TokenBucket] = field(default_factory=dict, repr=False)
+    bucket_key: object = None
 
-    @staticmethod
-    def _for(table: Mapping[str, Any], caller: str | None) -> tuple[str, Any]:
-        key = caller if caller is not None and caller in table else ANY_CALLER
-        return key, table.get(key)
+    @property
+    def allows(self) -> bool:
+        """The most specific permission's action is not `Deny` (no permission covers the caller: allowed)."""
+        return self.action != "Deny"
 
-    def allows(self, caller: str | None) -> bool:
-        """Whether `caller` (its service, None when mTLS is off) may call: the most specific permission's action;
-        allowed when none covers it. A caller without identity is covered only by `Mesh`-wide items."""
-        _, action = self._for(self.actions, caller)
-        return bool(action != "Deny")
-
-    def shadow_denied(self, caller: str | None) -> bool:
+    @property
+    def shadow_denied(self) -> bool:
         """Allowed, but a `Deny` is being tried out: the proxy logs and counts the call as if it were denied."""
-        return bool(self._for(self.actions, caller)[1] == "AllowWithShadowDeny")
+        return self.action == "AllowWithShadowDeny"
 
-    def _limited(self, table: dict[str, RateLimit | None], kind: str, caller: str | None,
-                 now: float) -> tuple[RateLimit, float] | None:
-        key, limit = self._for(table, caller)
+    def _limited(self, limit: RateLimit | None, kind: str, now: float) -> tuple[RateLimit, float] | None:
         if limit is None:
             return None
-        bucket = self._buckets.get((kind, key))
+        bucket = self.buckets.get((kind, self.bucket_key))
         if bucket is None:
-            bucket = self._buckets[(kind, key)] = TokenBucket(limit.num, limit.interval, now)
+            bucket = self.buckets[(kind, self.bucket_key)] = TokenBucket(limit.num, limit.interval, now)
         wait = bucket.take(now)
         return (limit, wait) if wait > 0 else None
 
-    def limit_request(self, caller: str | None, now: float) -> tuple[RateLimit, float] | None:
+    def limit_request(self, now: float) -> tuple[RateLimit, float] | None:
         """None when the request may go on; else the limit that refused it and the seconds until a token."""
-        return self._limited(self.http_limits, "http", caller, now)
+        return self._limited(self.http_limit, "http", now)
 
-    def limit_connection(self, caller: str | None, now: float) -> bool:
+    def limit_connection(self, now: float) -> bool:
         """True when a new TCP connection must be refused."""
-        return self._limited(self.tcp_limits, "tcp", caller, now) is not None
+        return self._limited(self.tcp_limit, "tcp", now) is not None
 
-    def fault(self, caller: str | None, rng: random.Random) -> tuple[float, int | None]:
+    def fault(self, rng: random.Random) -> tuple[float, int | None]:
         """The delay (seconds) and the abort status (or None) to inject into one request."""
         delay, abort = 0.0, None
-        for fault in self._for(self.faults, caller)[1] or []:
+        for fault in self.faults:
             if fault.delay and rng.random() * 100 < fault.delay_percent:
                 delay += fault.delay
             if abort is None and fault.abort_status is not None and rng.random() * 100 < fault.abort_percent:
                 abort = fault.abort_status
         return delay, abort
 
-    def logs(self, caller: str | None) -> tuple[str, ...]:
-        """The access-log paths for a call from `caller`."""
-        return self._for(self.access_logs, caller)[1] or ()
+
+RateLimits = tuple[RateLimit | None, RateLimit | None]  # HTTP requests, TCP connections
 
 
-def _rate_limits(by_caller: Mapping[str, Any], kind: str) -> dict[str, RateLimit | None]:
-    out: dict[str, RateLimit | None] = {}
-    for caller, conf in by_caller.items():
-        local = (conf.get("local") or {}).get(kind) or {}
-        rate = local.get("requestRate" if kind == "http" else "connectionRate")
-        if local.get("disabled") or rate is None:
-            out[caller] = None
-            continue
-        on_limit = local.get("onRateLimit") or {}
-        headers = tuple((k.encode(), str(v).encode()) for k, v in (on_limit.get("headers") or {}).items())
-        out[caller] = RateLimit(int(rate["num"]), seconds(rate["interval"]), int(on_limit.get("status", 429)),
-                                headers)
-    return out
+@dataclass(frozen=True)
+class InboundTimeouts:
+    """MeshTimeout `from`: how long the app may take over calls received (the whole exchange; the longest wait
+    for its next bytes), and how long a caller's connection may idle."""
+
+    request: float | None = None
+    stream_idle: float | None = None
+    idle: float | None = None
+
+
+def _timeouts(conf: Mapping[str, Any]) -> InboundTimeouts:
+    http = conf.get("http") or {}
+    bounds = [seconds(http[k]) for k in ("requestTimeout", "maxStreamDuration") if k in http]
+    return InboundTimeouts(request=min(bounds) if bounds else None,
+                           stream_idle=seconds(http["streamIdleTimeout"]) if "streamIdleTimeout" in http else None,
+                           idle=seconds(conf["idleTimeout"]) if "idleTimeout" in conf else None)
+
+
+class InboundPolicy:
+    """What applies to calls received by one inbound, by caller: its service (None when mTLS is off) and the tags
+    its certificate names. `for_caller` works out one caller's `CallerPolicy` and remembers it, so a connection
+    asks once and its requests only read the answer; the methods taking a caller are shorthands for tests."""
+
+    def __init__(self, *, actions: CallerTable[str] | None = None, rate_limits: CallerTable[RateLimits] | None = None,
+                 faults: CallerTable[tuple[Fault, ...]] | None = None,
+                 access_logs: CallerTable[tuple[str, ...]] | None = None,
+                 timeouts: CallerTable[InboundTimeouts] | None = None) -> None:
+        self.actions = actions or CallerTable({}, _action)
+        self.timeouts = timeouts or CallerTable({}, _timeouts)
+        self.rate_limits = rate_limits or CallerTable({}, _rate_limits)
+        self.faults = faults or CallerTable({}, _faults)
+        self.access_logs = access_logs or CallerTable({}, _log_paths)
+        self._buckets: dict[tuple[str, object], TokenBucket] = {}
+        self._callers: dict[tuple[str | None, frozenset[tuple[str, str]]], CallerPolicy] = {}
+
+    def for_caller(self, service: str | None, tags: Mapping[str, str] | None = None) -> CallerPolicy:
+        tags = tags or {}
+        key = (service, frozenset(tags.items()))
+        found = self._callers.get(key)
+        if found is not None:
+            return found
+        _, action = self.actions.lookup(service, tags)
+        bucket_key, limits = self.rate_limits.lookup(service, tags)
+        http_limit, tcp_limit = limits or (None, None)
+        found = CallerPolicy(action=action, http_limit=http_limit, tcp_limit=tcp_limit,
+                             faults=self.faults.lookup(service, tags)[1] or (),
+                             logs=self.access_logs.lookup(service, tags)[1] or (),
+                             timeouts=self.timeouts.lookup(service, tags)[1],
+                             buckets=self._buckets, bucket_key=bucket_key)
+        if len(self._callers) >= _MAX_CALLERS:
+            self._callers.clear()
+        self._callers[key] = found
+        return found
+
+    def allows(self, caller: str | None, tags: Mapping[str, str] | None = None) -> bool:
+        return self.for_caller(caller, tags).allows
+
+    def shadow_denied(self, caller: str | None, tags: Mapping[str, str] | None = None) -> bool:
+        return self.for_caller(caller, tags).shadow_denied
+
+    def limit_request(self, caller: str | None, now: float,
+                      tags: Mapping[str, str] | None = None) -> tuple[RateLimit, float] | None:
+        return self.for_caller(caller, tags).limit_request(now)
+
+    def limit_connection(self, caller: str | None, now: float, tags: Mapping[str, str] | None = None) -> bool:
+        return self.for_caller(caller, tags).limit_connection(now)
+
+    def fault(self, caller: str | None, rng: random.Random,
+              tags: Mapping[str, str] | None = None) -> tuple[float, int | None]:
+        return self.for_caller(caller, tags).fault(rng)
+
+    def logs(self, caller: str | None, tags: Mapping[str, str] | None = None) -> tuple[str, ...]:
+        return self.for_caller(caller, tags).logs
+
+
+def _action(conf: Mapping[str, Any]) -> str:
+    return str(conf["action"])
+
+
+def _rate_limit(conf: Mapping[str, Any], kind: str) -> RateLimit | None:
+    local = (conf.get("local") or {}).get(kind) or {}
+    rate = local.get("requestRate" if kind == "http" else "connectionRate")
+    if local.get("disabled") or rate is None:
+        return None
+    on_limit = local.get("onRateLimit") or {}
+    headers = tuple((k.encode(), str(v).encode()) for k, v in (on_limit.get("headers") or {}).items())
+    return RateLimit(int(rate["num"]), seconds(rate["interval"]), int(on_limit.get("status", 429)), headers)
+
+
+def _rate_limits(conf: Mapping[str, Any]) -> RateLimits:
+    return _rate_limit(conf, "http"), _rate_limit(conf, "tcp")
+
+
+def _faults(conf: Mapping[str, Any]) -> tuple[Fault, ...]:
+    return tuple(Fault(
+        abort_status=(f.get("abort") or {}).get("httpStatus"),
+        abort_percent=float((f.get("abort") or {}).get("percentage", 0)),
+        delay=seconds(f["delay"]["value"]) if f.get("delay") else 0.0,
+        delay_percent=float((f.get("delay") or {}).get("percentage", 0)),
+    ) for f in conf.get("http") or [])
 
 
 def compile_inbound(confs: Mapping[str, Any]) -> InboundPolicy:
-    permissions = confs.get("MeshTrafficPermission", {})
-    limits = confs.get("MeshRateLimit", {})
-    faults = confs.get("MeshFaultInjection", {})
-    logs = confs.get("MeshAccessLog", {})
+    """One inbound's `policies.inbound.<service>`: each kind by caller, or as ordered `from` items."""
     return InboundPolicy(
-        access_logs={caller: _log_paths(conf) for caller, conf in logs.items()},
-        actions={caller: conf["action"] for caller, conf in permissions.items()},
-        http_limits={k: v for k, v in _rate_limits(limits, "http").items() if v is not None or k != ANY_CALLER},
-        tcp_limits={k: v for k, v in _rate_limits(limits, "tcp").items() if v is not None or k != ANY_CALLER},
-        faults={caller: [Fault(
-            abort_status=(f.get("abort") or {}).get("httpStatus"),
-            abort_percent=float((f.get("abort") or {}).get("percentage", 0)),
-            delay=seconds(f["delay"]["value"]) if f.get("delay") else 0.0,
-            delay_percent=float((f.get("delay") or {}).get("percentage", 0)),
-        ) for f in conf.get("http") or []] for caller, conf in faults.items()},
+        actions=CallerTable(confs.get("MeshTrafficPermission", {}), _action),
+        rate_limits=CallerTable(confs.get("MeshRateLimit", {}), _rate_limits),
+        faults=CallerTable(confs.get("MeshFaultInjection", {}), _faults),
+        access_logs=CallerTable(confs.get("MeshAccessLog", {}), _log_paths),
+        timeouts=CallerTable(confs.get("MeshTimeout", {}), _timeouts),
     )
 
 
@@ -356,6 +522,8 @@ class RouteTable:
 # --- outbound: retries and timeouts ---------------------------------------------------------------------------
 
 GATEWAY_ERRORS = frozenset({502, 503, 504})
+# The gRPC statuses MeshRetry's `grpc.retryOn` names, by code.
+GRPC_STATUS_NAMES = {1: "Cancelled", 4: "DeadlineExceeded", 8: "ResourceExhausted", 13: "Internal", 14: "Unavailable"}
 
 
 @dataclass(frozen=True)
@@ -366,8 +534,14 @@ class RetryPolicy:
     max_interval: float = 0.25
     on: frozenset[str] = frozenset({"5xx", "GatewayError", "Reset", "ConnectFailure"})
 
-    def should_retry(self, *, status: int | None = None, failure: str | None = None) -> bool:
-        """Whether a response `status`, or a `failure` before any response (reset, connect_failure), is retried."""
+    def should_retry(self, *, status: int | None = None, failure: str | None = None,
+                     grpc_status: int | None = None) -> bool:
+        """Whether a response `status`, or a `failure` before any response (reset, connect_failure), is retried;
+        for a gRPC retry policy, the `grpc_status` of a trailers-only answer (how gRPC servers fail a call)."""
+        if grpc_status is not None:
+            return GRPC_STATUS_NAMES.get(grpc_status) in self.on
+        if failure == "refused_stream":
+            return bool({"RefusedStream", "Reset", "5xx"} & self.on)
         if status is not None:
             return ((status >= 500 and "5xx" in self.on) or (status in GATEWAY_ERRORS and "GatewayError" in self.on)
                     or (status == 409 and "Retriable4xx" in self.on) or str(status) in self.on)
@@ -415,9 +589,12 @@ class OutboundPolicy:
     routes: RouteTable | None = None
     retry: RetryPolicy | None = None
     budget: RetryBudget | None = None
-    request_timeout: float | None = None
+    request_timeout: float | None = None  # MeshTimeout http.requestTimeout, capped by http.maxStreamDuration
+    stream_idle_timeout: float | None = None  # http.streamIdleTimeout: nothing from the upstream for this long
     connect_timeout: float | None = None
     idle_timeout: float | None = None
+    grpc_retry: RetryPolicy | None = None  # MeshRetry grpc: gRPC calls (content-type application/grpc)
+    connect_attempts: int | None = None  # MeshRetry tcp.maxConnectAttempt: endpoints tried per connection
     tcp_backends: list[Backend] = field(default_factory=list)
     load_balancer: str | None = None
     hash_header: bytes | None = None
@@ -425,6 +602,26 @@ class OutboundPolicy:
     access_logs: tuple[str, ...] = ()  # MeshAccessLog file paths
     health: HealthCheckSpec | None = None  # MeshHealthCheck
     max_requests: int | None = None  # MeshCircuitBreaker connectionLimits.maxRequests: calls in flight at most
+    max_connections: int | None = None  # connectionLimits.maxConnections: connections open at once
+    max_pending: int | None = None  # connectionLimits.maxPendingRequests: calls waiting for a connection
+
+    def retry_for(self, grpc: bool) -> RetryPolicy | None:
+        """The retry policy of a call: MeshRetry's `grpc` section for gRPC calls, its `http` one otherwise."""
+        return self.grpc_retry if grpc else self.retry
+
+
+GRPC_RETRY_ON = frozenset({"Cancelled", "DeadlineExceeded", "ResourceExhausted", "Unavailable"})  # Envoy's default
+
+
+def _retry_policy(conf: Mapping[str, Any], default_on: frozenset[str]) -> RetryPolicy:
+    back_off = conf.get("backOff") or {}
+    base = seconds(back_off["baseInterval"]) if "baseInterval" in back_off else 0.025
+    return RetryPolicy(
+        num_retries=int(conf.get("numRetries", 5)),
+        per_try_timeout=seconds(conf["perTryTimeout"]) if "perTryTimeout" in conf else None,
+        base_interval=base,
+        max_interval=seconds(back_off["maxInterval"]) if "maxInterval" in back_off else 10 * base,
+        on=frozenset(conf.get("retryOn") or default_on))
 
 
 def compile_outbound(confs: Mapping[str, Any]) -> OutboundPolicy:
@@ -433,23 +630,23 @@ def compile_outbound(confs: Mapping[str, Any]) -> OutboundPolicy:
     if rules:
         policy.routes = RouteTable([compile_rule(rule) for rule in rules])
     retry = confs.get("MeshRetry")
-    if retry is not None and retry.get("http") is not None:
-        http = retry["http"]
-        back_off = http.get("backOff") or {}
-        base = seconds(back_off["baseInterval"]) if "baseInterval" in back_off else 0.025
-        policy.retry = RetryPolicy(
-            num_retries=int(http.get("numRetries", 5)),
-            per_try_timeout=seconds(http["perTryTimeout"]) if "perTryTimeout" in http else None,
-            base_interval=base,
-            max_interval=seconds(back_off["maxInterval"]) if "maxInterval" in back_off else 10 * base,
-            on=frozenset(http.get("retryOn") or RetryPolicy.on))
+    if retry is not None and (retry.get("http") is not None or retry.get("grpc") is not None):
+        if retry.get("http") is not None:
+            policy.retry = _retry_policy(retry["http"], RetryPolicy.on)
+        if retry.get("grpc") is not None:
+            policy.grpc_retry = _retry_policy(retry["grpc"], GRPC_RETRY_ON)
         budget = retry.get("budget") or {}
         policy.budget = RetryBudget(float(budget.get("percent", 20)), float(budget.get("minRetriesPerSecond", 10)),
                                     seconds(budget["ttl"]) if "ttl" in budget else 10.0)
+    tcp_retry = (retry or {}).get("tcp") or {}
+    if "maxConnectAttempt" in tcp_retry:
+        policy.connect_attempts = int(tcp_retry["maxConnectAttempt"])
     timeout = confs.get("MeshTimeout") or {}
     http_timeouts = timeout.get("http") or {}
-    if "requestTimeout" in http_timeouts:
-        policy.request_timeout = seconds(http_timeouts["requestTimeout"])
+    bounds = [seconds(http_timeouts[k]) for k in ("requestTimeout", "maxStreamDuration") if k in http_timeouts]
+    policy.request_timeout = min(bounds) if bounds else None
+    if "streamIdleTimeout" in http_timeouts:
+        policy.stream_idle_timeout = seconds(http_timeouts["streamIdleTimeout"])
     if "connectionTimeout" in timeout:
         policy.connect_timeout = seconds(timeout["connectionTimeout"])
     if "idleTimeout" in timeout:
@@ -466,6 +663,8 @@ def compile_outbound(confs: Mapping[str, Any]) -> OutboundPolicy:
     policy.outlier = breaker.get("outlierDetection")
     limits = breaker.get("connectionLimits") or {}
     policy.max_requests = int(limits["maxRequests"]) if "maxRequests" in limits else None
+    policy.max_connections = int(limits["maxConnections"]) if "maxConnections" in limits else None
+    policy.max_pending = int(limits["maxPendingRequests"]) if "maxPendingRequests" in limits else None
     policy.access_logs = _log_paths(confs.get("MeshAccessLog") or {})
     if confs.get("MeshHealthCheck") is not None:
         policy.health = HealthCheckSpec.of(confs["MeshHealthCheck"])

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -42,8 +42,9 @@ from dataplane.codec.http1 import ClientConnection
 from dataplane.config import ProxyConfig
 from dataplane.gateway import GatewayRoutes, services_of
 from dataplane.gateway import server_context as gateway_server_context
-from dataplane.h2.connection import Fields, H2Connection
-from dataplane.h2.proxy import H2Pool, H2Proxy, H2Target, sniff_h2
+from dataplane.grpchealth import check as grpc_check
+from dataplane.h2.connection import Fields, H2Connection, H2Limits
+from dataplane.h2.proxy import H2Pool, H2Proxy, H2Target, header, sniff_h2
 from dataplane.healthcheck import HealthCheckSpec, HealthState
 from dataplane.http1proxy import Http1Proxy, Upstream
 from dataplane.listeners import ListenerSet, ListenerSpec
@@ -52,11 +53,21 @@ from dataplane.observe.accesslog import FileSink, StdoutSink
 from dataplane.observe.exchange import Exchange, Observability, otlp_endpoint
 from dataplane.observe.requests import RequestMetrics
 from dataplane.observe.tracing import Tracer
-from dataplane.policy import Backend, InboundPolicy, OutboundPolicy, Policies, Request, pick_weighted
+from dataplane.policy import (
+    Backend,
+    CallerPolicy,
+    InboundPolicy,
+    OutboundPolicy,
+    Policies,
+    Request,
+    Rule,
+    pick_weighted,
+)
 from dataplane.splice import splice
 from dataplane.transport.leantls import LeanTLSStream
+from dataplane.transport.limits import DEFAULT_MAX_PENDING, ConnectionLimit, LimitedStream
 from dataplane.transport.pool import ConnectionPool
-from dataplane.transport.tls import ALPN_MESH, Identity, peer_spiffe_id, server_context
+from dataplane.transport.tls import ALPN_MESH, Identity, PeerIdentity, peer_identity, server_context
 from dataplane.transport.upstream import ALPN_TCP, UpstreamConnector, UpstreamError
 from meshcast.wire.duration import parse_duration
 from meshcast.wire.leanio import LeanSocketStream, open_lean_tcp_stream
@@ -67,6 +78,8 @@ FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto"})  # set by the 
 
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_ATTEMPTS = 3
+BIND_RETRY_INTERVAL = 1.0
+POOL_SWEEP_INTERVAL = 1.0  # idle pooled connections past their idle timeout are closed this often
 HTTP_FAMILY = frozenset({"http", "http2", "grpc"})
 SOURCE_HEADER = b"x-meshcast-source"
 # MeshLoadBalancingStrategy's loadBalancer.type -> the balancer (dataplane.balance)
@@ -128,6 +141,9 @@ class Sidecar:
         self._health: dict[str, HealthState] = {}  # MeshHealthCheck by service
         self._health_running: dict[str, trio.CancelScope] = {}
         self._calls_in_flight: dict[str, int] = {}  # by service, under a MeshCircuitBreaker maxRequests
+        self._limits: dict[str, ConnectionLimit] = {}  # by service, under a MeshCircuitBreaker maxConnections
+        self.mesh_pool.on_give_back = self._given_back
+        self.mesh_pool.idle_timeout_for = lambda service: self._idle_timeout(service, None)
 
     # --- state from the agent ---------------------------------------------------------------------------------
 
@@ -225,14 +241,21 @@ class Sidecar:
                 await trio.sleep(state.spec.interval)
 
     async def _probe(self, service: str, endpoint: Endpoint, spec: HealthCheckSpec) -> bool:
-        """One check: an mTLS connection to the endpoint (TCP), and `GET path` answered as expected (HTTP)."""
+        """One check: an mTLS connection to the endpoint (TCP), `GET path` answered as expected (HTTP), and
+        Health/Check answered SERVING (gRPC)."""
         with trio.move_on_after(spec.timeout):
             try:
                 stream = await self.connector.connect(endpoint.address, endpoint.port, service=service,
-                                                      alpn="http/1.1", sni=endpoint.sni)
+                                                      alpn="http/1.1" if spec.grpc_service is None else "h2",
+                                                      sni=endpoint.sni)
             except UpstreamError:
                 return False
             try:
+                if spec.grpc_service is not None:
+                    result = await grpc_check(stream, spec.grpc_service, authority=service)
+                    if not result.healthy:
+                        log.debug("gRPC health check of %s at %s: %s", service, endpoint.key, result.reason)
+                    return result.healthy
                 if spec.path is None:
                     return True
                 host = service.encode()
@@ -359,7 +382,7 @@ class Sidecar:
         """Config in force, identity when mTLS is on, and every listener bound."""
         if self.draining or self.config is None:
             return False
-        if self.listeners is not None and self.listeners.errors:
+        if self.listeners is not None and not self.listeners.all_bound(self.config):
             return False
         if self.is_gateway:  # an accepted MeshGateway, its certificates, and a healthy backend for its routes
             if self.config.gateway is None or self.gateway_errors:
@@ -376,9 +399,19 @@ class Sidecar:
             self.listeners = ListenerSet(self._handler_for, connections, reuse_port=self.workers > 1)
             await nursery.start(self.agent.follow_saved if self.follower else self.agent.run)
             nursery.start_soon(self._follow_config, nursery)
+            nursery.start_soon(self._sweep_pools)
             await self._reconcile(nursery)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _sweep_pools(self) -> None:
+        """Close pooled connections idle past their timeout (MeshTimeout idleTimeout), not only on their next use."""
+        while True:
+            await trio.sleep(POOL_SWEEP_INTERVAL)
+            self.mesh_pool.sweep()
+            self.app_pool.sweep()
+            if self.mesh_h2 is not None:
+                self.mesh_h2.sweep(lambda service: self._idle_timeout(service, None))
 
     async def _reconcile(self, nursery: trio.Nursery) -> None:
         for service, state in list(self._health.items()):
@@ -392,7 +425,11 @@ class Sidecar:
 
     async def _follow_config(self, nursery: trio.Nursery) -> None:
         while True:
-            await self._config_changed.wait()
+            # A listener that could not bind (its port held a moment by another process) is tried again every
+            # second until it binds or leaves the configuration; the sidecar reports unready meanwhile.
+            retry = self.listeners is not None and bool(self.listeners.errors)
+            with trio.move_on_after(BIND_RETRY_INTERVAL if retry else math.inf):
+                await self._config_changed.wait()
             await self._reconcile(nursery)
 
     async def drain(self, grace: float) -> bool:
@@ -563,12 +600,20 @@ class Sidecar:
         """HTTP/2 from the app (outbound, or proxy mode when `service` is None)."""
         observe = self._observe_h2("outbound", self.agent.service, service,
                                    (lambda: self._outbound_logs(service)) if service is not None else (lambda: ()))
-        await H2Proxy(stream, route, live=self.h2_serving, initial=first, observe=observe).serve()
+        idle = self._idle_timeout(service, None) if service is not None else None
+        await H2Proxy(stream, route, live=self.h2_serving, initial=first, observe=observe,
+                      limits=H2Limits(idle_timeout=idle) if idle is not None else None).serve()
+
+    def _idle_timeout(self, service: str, default: float | None) -> Any:
+        """MeshTimeout's idleTimeout of calls to `service`: how long the app's connection may carry nothing."""
+        policy = self.policies.outbound.get(service)
+        return policy.idle_timeout if policy is not None and policy.idle_timeout is not None else default
 
     async def _inbound(self, spec: ListenerSpec, stream: LeanSocketStream) -> None:
         self.metrics.connections.labels(direction="inbound", service=spec.target).inc()
         self._begin("inbound")
         peer: trio.abc.HalfCloseableStream = stream
+        identity: PeerIdentity | None = None  # the caller's, from its certificate: known when mTLS is on
         try:
             if self.config is not None and self.config.mtls.enabled:
                 if self.server_ssl is None:
@@ -586,12 +631,13 @@ class Sidecar:
                 if timer.cancelled_caught:
                     self.metrics.refused.labels(reason="handshake_timeout").inc()
                     return
-                if peer_spiffe_id(tls.ssl_object) is None:
+                identity = peer_identity(tls.ssl_object)
+                if identity is None:
                     self.metrics.refused.labels(reason="no_spiffe_id").inc()
                     return
-            caller = peer_spiffe_id(peer.ssl_object) if isinstance(peer, LeanTLSStream) else None
+            caller = identity.spiffe_id if identity is not None else None
             alpn = peer.selected_alpn_protocol() if isinstance(peer, LeanTLSStream) else None
-            guard = InboundGuard(self, spec.service, caller_service(caller))
+            guard = InboundGuard(self, spec.service, identity)
             if guard.connection_limited():
                 self.metrics.refused.labels(reason="rate_limited").inc()
                 return
@@ -620,7 +666,7 @@ class Sidecar:
             except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
                 log.warning("inbound %s: the app at %s is unreachable: %s", spec.port, spec.target, exc)
                 return
-            await self._splice_and_close(peer, app, "inbound")
+            await self._splice_and_close(peer, app, "inbound", guard.idle_timeout(3600.0))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -628,10 +674,10 @@ class Sidecar:
             await peer.aclose()
 
     async def _splice_and_close(self, near: trio.abc.HalfCloseableStream, far: trio.abc.HalfCloseableStream,
-                                direction: str) -> None:
+                                direction: str, idle_timeout: float = 3600.0) -> None:
         """Relay opaque bytes both ways, count them, and close the far side (the caller closes the near one)."""
         try:
-            sent, received = await splice(near, far)
+            sent, received = await splice(near, far, idle_timeout=idle_timeout)
             self.metrics.bytes.labels(direction=direction).inc(sent + received)
         finally:
             await far.aclose()
@@ -657,7 +703,7 @@ class Sidecar:
         upstream = Upstream(self.app_pool, app, dial)
         source = [(SOURCE_HEADER, caller.encode())] if caller else []
         proxy = Http1Proxy(peer, lambda request: guard.admit_http(upstream), drop=frozenset({SOURCE_HEADER}),
-                           add=lambda request: source, initial=first,
+                           add=lambda request: source, initial=first, idle_timeout=guard.idle_timeout(60.0),
                            observe=self._observe("inbound", guard.caller, spec.service, guard.logs))
         await proxy.serve()
 
@@ -673,32 +719,40 @@ class Sidecar:
         def route(fields: Fields) -> H2Target | Upstream | UpstreamError:
             return guard.admit_http(target) if isinstance(target, Upstream) else guard.admit_h2(target)
 
+        idle = guard.idle_timeout(H2Limits.idle_timeout)
         await H2Proxy(peer, route, drop=frozenset({SOURCE_HEADER}), add=source, live=self.h2_serving,
-                      initial=first, observe=self._observe_h2("inbound", guard.caller, spec.service,
-                                                              guard.logs)).serve()
+                      initial=first, observe=self._observe_h2("inbound", guard.caller, spec.service, guard.logs),
+                      limits=H2Limits(idle_timeout=idle) if idle != H2Limits.idle_timeout else None).serve()
+
+    def _route_rule(self, service: str, policy: OutboundPolicy, request: Request | None,
+                    ) -> tuple[Rule | None, str, str]:
+        """The MeshHTTPRoute rule a call matches, and where it sends it: (rule, service, balancer key)."""
+        if policy.routes is None or request is None:
+            return None, service, service
+        rule = policy.routes.match(request)
+        backend = rule.pick(self.rng) if rule is not None else None
+        if backend is None:
+            return rule, service, service
+        return rule, backend.service, balancer_key(backend)
 
     def _http_route(self, service: str, request: RequestReceived | None = None) -> Upstream | UpstreamError:
         """Where one HTTP/1.1 call to `service` goes, with the policies in force: the route rule it matches (which
-        may send it to another service or a subset, and edit it), retries with their budget, the request timeout
-        and, under a MeshCircuitBreaker's detectors, passive health from its answers."""
+        may send it to another service or a subset, and edit it), retries with their budget, the timeouts and,
+        under a MeshCircuitBreaker's detectors, passive health from its answers."""
         policy = self.policies.outbound.get(service)
         if policy is None:
             return self._upstream_to(service, service)
         overflow = self._overflow(service, policy)
         if overflow is not None:
             return overflow
-        rule = backend = None
-        if policy.routes is not None and request is not None:
-            rule = policy.routes.match(Request(request.method.decode("latin-1"), request.target.decode("latin-1"),
-                                               request.headers))
-            backend = rule.pick(self.rng) if rule is not None else None
-        destination = backend.service if backend is not None else service
-        key = balancer_key(backend) if backend is not None else service
+        rule, destination, key = self._route_rule(service, policy, None if request is None else Request(
+            request.method.decode("latin-1"), request.target.decode("latin-1"), request.headers))
         hash_key = request.headers.get(policy.hash_header) if policy.hash_header and request is not None else None
         upstream = self._upstream_to(destination, key, hash_key=hash_key)
         if isinstance(upstream, UpstreamError):
             return upstream
         upstream.rule, upstream.timeout = rule, policy.request_timeout
+        upstream.stream_idle = policy.stream_idle_timeout
         if policy.max_requests is not None:
             upstream.done = self._counted(service, upstream.done)
         if policy.retry is not None:
@@ -706,31 +760,90 @@ class Sidecar:
             upstream.reroute = lambda tried: self._upstream_to(destination, key, exclude=tried)
         return upstream
 
+    def _h2_route(self, service: str, fields: Fields | None = None) -> H2Target | UpstreamError:
+        """As `_http_route`, for one HTTP/2 stream (a gRPC call takes MeshRetry's `grpc` section)."""
+        policy = self.policies.outbound.get(service)
+        if policy is None:
+            return self._h2_target_to(service, service)
+        overflow = self._overflow(service, policy)
+        if overflow is not None:
+            return overflow
+        request = None
+        if fields is not None and policy.routes is not None:
+            pseudo = {k: v for k, v in fields if k.startswith(b":")}
+            request = Request(pseudo.get(b":method", b"GET").decode("latin-1"),
+                              pseudo.get(b":path", b"/").decode("latin-1"),
+                              [(k, v) for k, v in fields if not k.startswith(b":")])
+        rule, destination, key = self._route_rule(service, policy, request)
+        hash_key = header(fields, policy.hash_header) if policy.hash_header and fields is not None else None
+        target = self._h2_target_to(destination, key, hash_key=hash_key)
+        if isinstance(target, UpstreamError):
+            return target
+        target.rule, target.timeout = rule, policy.request_timeout
+        target.stream_idle = policy.stream_idle_timeout
+        if policy.max_requests is not None:
+            target.done = self._counted(service, target.done)
+        grpc = fields is not None and (header(fields, b"content-type") or b"").startswith(b"application/grpc")
+        retry = policy.retry_for(grpc)
+        if retry is not None:
+            target.retry, target.budget = retry, policy.budget
+            target.reroute = lambda tried: self._h2_target_to(destination, key, exclude=tried)
+        return target
+
+    def _pick(self, service: str, key: str, exclude: set[Any] | None, hash_key: bytes | None,
+              ) -> tuple[BalancerBase, Endpoint] | UpstreamError:
+        """An endpoint of balancer `key` (the service's, or a subset's) for one attempt, counted as started;
+        `hash_key` picks it under RingHash, `exclude` avoids the endpoints a retry already tried."""
+        balancer = self.balancers.get(key)
+        if balancer is None:
+            return UpstreamError("no_healthy_upstream", f"service {service} has no endpoint")
+        now = time.monotonic()
+        endpoint = balancer.pick(hash_key, exclude=exclude or set(), now=now)
+        if endpoint is None and exclude:
+            endpoint = balancer.pick(exclude=set(), now=now)  # every endpoint tried: any will do
+        if endpoint is None:
+            return UpstreamError("no_healthy_upstream", f"service {service} has no endpoint")
+        balancer.started(endpoint)  # least-request counts requests in flight
+        return balancer, endpoint
+
     def _upstream_to(self, service: str, key: str, *, exclude: set[Any] | None = None,
                      hash_key: bytes | None = None) -> Upstream | UpstreamError:
-        """An endpoint of balancer `key` (the service's, or a subset's) for one attempt of an HTTP/1.1 call;
-        `hash_key` picks it under RingHash."""
-        balancer = self.balancers.get(key)
-        endpoint = balancer.pick(hash_key, exclude=exclude or set(), now=time.monotonic()) \
-            if balancer is not None else None
-        if endpoint is None and exclude and balancer is not None:
-            endpoint = balancer.pick(exclude=set(), now=time.monotonic())  # every endpoint tried: any will do
-        if endpoint is None or balancer is None:
-            return UpstreamError("no_healthy_upstream", f"service {service} has no endpoint")
+        """One attempt of an HTTP/1.1 call to an endpoint of balancer `key`."""
+        picked = self._pick(service, key, exclude, hash_key)
+        if isinstance(picked, UpstreamError):
+            return picked
+        balancer, endpoint = picked
 
         async def dial() -> tuple[EndpointKey, trio.abc.HalfCloseableStream]:
             return await self._dial_endpoints(service, "http/1.1", first=endpoint, key=key)
 
-        balancer.started(endpoint)  # least-request counts requests in flight
         # Pooled by endpoint key: two services behind one ingress address are two destinations (their SNIs).
-        upstream = Upstream(self.mesh_pool, endpoint.key, dial, done=lambda: balancer.finished(endpoint),
-                            service=service)
+        return Upstream(self.mesh_pool, endpoint.key, dial, done=lambda: balancer.finished(endpoint),
+                        service=service, observe=self._passive_health(service, balancer, endpoint))
+
+    def _h2_target_to(self, service: str, key: str, *, exclude: set[Any] | None = None,
+                      hash_key: bytes | None = None) -> H2Target | UpstreamError:
+        """One attempt of an HTTP/2 call (a stream on a multiplexed connection) to an endpoint of balancer `key`."""
+        if self.mesh_h2 is None:
+            return UpstreamError("no_healthy_upstream", "the sidecar is starting")
+        picked = self._pick(service, key, exclude, hash_key)
+        if isinstance(picked, UpstreamError):
+            return picked
+        balancer, endpoint = picked
+
+        async def dial() -> tuple[EndpointKey, trio.abc.HalfCloseableStream]:
+            return await self._dial_endpoints(service, "h2", first=endpoint, key=key)
+
+        return H2Target(self.mesh_h2, endpoint.key, dial, done=lambda: balancer.finished(endpoint), service=service,
+                        observe=self._passive_health(service, balancer, endpoint))
+
+    def _passive_health(self, service: str, balancer: BalancerBase, endpoint: Endpoint,
+                        ) -> Callable[[int | None, str | None], None] | None:
+        """The observer of a call's answers under MeshCircuitBreaker detectors, or None."""
         policy = self.policies.outbound.get(service)
         outlier = (policy.outlier if policy is not None else None) or {}
         detectors = outlier.get("detectors") or {} if not outlier.get("disabled") else {}
-        if detectors:
-            upstream.observe = self._observer(service, balancer, endpoint, detectors)
-        return upstream
+        return self._observer(service, balancer, endpoint, detectors) if detectors else None
 
     def _observer(self, service: str, balancer: BalancerBase, endpoint: Endpoint,
                   detectors: dict[str, Any]) -> Callable[[int | None, str | None], None]:
@@ -750,37 +863,6 @@ class Sidecar:
                 log.warning("upstream %s: %s ejected after consecutive failures", service, endpoint.key)
 
         return observe
-
-    def _h2_route(self, service: str, fields: Fields | None = None) -> H2Target | UpstreamError:
-        """A per-request decision: the route rule the stream matches (MeshHTTPRoute: a backend service or subset by
-        weight, edits), then the balancer's endpoint; the request timeout (MeshTimeout) rides along."""
-        policy = self.policies.outbound.get(service)
-        overflow = self._overflow(service, policy) if policy is not None else None
-        if overflow is not None:
-            return overflow
-        rule = backend = None
-        if policy is not None and policy.routes is not None and fields is not None:
-            pseudo = {k: v for k, v in fields if k.startswith(b":")}
-            rule = policy.routes.match(Request(pseudo.get(b":method", b"GET").decode("latin-1"),
-                                               pseudo.get(b":path", b"/").decode("latin-1"),
-                                               [(k, v) for k, v in fields if not k.startswith(b":")]))
-            backend = rule.pick(self.rng) if rule is not None else None
-        destination = backend.service if backend is not None else service
-        key = balancer_key(backend) if backend is not None else service
-        balancer = self.balancers.get(key)
-        endpoint = balancer.pick(now=time.monotonic()) if balancer is not None else None
-        if endpoint is None or balancer is None or self.mesh_h2 is None:
-            return UpstreamError("no_healthy_upstream", f"service {destination} has no endpoint")
-
-        async def dial() -> tuple[EndpointKey, trio.abc.HalfCloseableStream]:
-            return await self._dial_endpoints(destination, "h2", first=endpoint, key=key)
-
-        balancer.started(endpoint)
-        done: Callable[[], None] = lambda: balancer.finished(endpoint)  # noqa: E731
-        if policy is not None and policy.max_requests is not None:
-            done = self._counted(service, done)
-        return H2Target(self.mesh_h2, endpoint.key, dial, done=done, service=destination, rule=rule,
-                        timeout=policy.request_timeout if policy else None)
 
     def _overflow(self, service: str, policy: OutboundPolicy) -> UpstreamError | None:
         """MeshCircuitBreaker's maxRequests: a call beyond that many in flight to `service` is refused at once."""
@@ -830,20 +912,63 @@ class Sidecar:
     async def _dial_endpoints(self, service: str, alpn: str, first: Endpoint | None = None, key: str | None = None,
                               ) -> tuple[EndpointKey, trio.abc.HalfCloseableStream]:
         """Connect to `first` or a balancer's pick; a failed connect is reported (passive health) and retried on
-        another endpoint, up to CONNECT_ATTEMPTS endpoints. Returns the key of the endpoint reached (the pool key)
-        and the connection."""
+        another endpoint, up to CONNECT_ATTEMPTS endpoints (MeshRetry's tcp.maxConnectAttempt), each within the
+        connection timeout (MeshTimeout's connectionTimeout). Returns the key of the endpoint reached (the pool
+        key) and the connection. Under a MeshCircuitBreaker's maxConnections the connection holds a slot until it
+        closes, and a call finding every slot taken reuses an idle HTTP/1.1 connection or waits for one."""
+        policy = self.policies.outbound.get(service)
+        timeout = (policy.connect_timeout if policy is not None else None) or self.connector.connect_timeout
+        limit = self._limit_for(service, policy)
+        if limit is not None:
+            reused = await limit.acquire(
+                (lambda: self.mesh_pool.take_any(limit.keys)) if alpn == "http/1.1" else (lambda: None), timeout)
+            if reused is not None:
+                return reused[0], reused[1].stream  # type: ignore[return-value]
+        try:
+            attempts = (policy.connect_attempts if policy is not None else None) or CONNECT_ATTEMPTS
+            reached, stream = await self._dial_some(service, alpn, first, key or service, timeout, attempts)
+        except BaseException:
+            if limit is not None:
+                limit.release()
+            raise
+        if limit is None:
+            return reached, stream
+        limit.keys.add(reached)
+        return reached, LimitedStream(stream, limit)
+
+    def _limit_for(self, service: str, policy: OutboundPolicy | None) -> ConnectionLimit | None:
+        """The connection limit of `service`, following its MeshCircuitBreaker (the same object while it stays, so
+        connections already open keep counting)."""
+        if policy is None or policy.max_connections is None:
+            self._limits.pop(service, None)
+            return None
+        limit = self._limits.get(service)
+        if limit is None:
+            limit = self._limits[service] = ConnectionLimit(service, policy.max_connections, policy.max_pending)
+        else:
+            limit.max_connections = policy.max_connections
+            limit.max_pending = policy.max_pending if policy.max_pending is not None else DEFAULT_MAX_PENDING
+        return limit
+
+    def _given_back(self, key: Any) -> None:
+        """A connection went back to the pool: calls waiting under a connection limit of its service look again."""
+        for limit in self._limits.values():
+            if key in limit.keys:
+                limit.notify()
+
+    async def _dial_some(self, service: str, alpn: str, first: Endpoint | None, key: str, connect_timeout: float,
+                         attempts: int) -> tuple[EndpointKey, trio.abc.HalfCloseableStream]:
         tried: set[str] = set()
         last: UpstreamError | None = None
-        key = key or service  # the balancer: the service's or, for a route to a subset, the subset's
-        balancer = self.balancers.get(key)
-        for attempt in range(CONNECT_ATTEMPTS):
+        balancer = self.balancers.get(key)  # the service's or, for a route to a subset, the subset's
+        for attempt in range(attempts):
             endpoint = first if attempt == 0 and first is not None else self.pick(key, tried)
             if endpoint is None or balancer is None:
                 break
             tried.add(endpoint.key)
             try:
                 stream = await self.connector.connect(endpoint.address, endpoint.port, service=service, alpn=alpn,
-                                                      sni=endpoint.sni)
+                                                      sni=endpoint.sni, connect_timeout=connect_timeout)
             except UpstreamError as exc:
                 self.metrics.upstream_errors.labels(service=service, reason=exc.reason).inc()
                 if balancer.connect_failed(endpoint, now=time.monotonic()):
@@ -877,7 +1002,8 @@ class Sidecar:
                         observe = self._observe("outbound", self.agent.service, spec.target,
                                                 lambda: self._outbound_logs(spec.target))
                         await Http1Proxy(stream, lambda request: self._http_route(spec.target, request),
-                                         initial=first, observe=observe).serve()
+                                         initial=first, observe=observe,
+                                         idle_timeout=self._idle_timeout(spec.target, 60.0)).serve()
                     return
             try:
                 upstream = await self.connect_upstream(spec.target, ALPN_TCP)
@@ -886,7 +1012,7 @@ class Sidecar:
                 return
             if first:
                 await upstream.send_all(first)
-            await self._splice_and_close(stream, upstream, "outbound")
+            await self._splice_and_close(stream, upstream, "outbound", self._idle_timeout(spec.target, 3600.0))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -896,46 +1022,56 @@ class Sidecar:
 
 class InboundGuard:
     """The inbound policies of one connection's calls: the caller's permission, connection and request rate limits,
-    and injected faults, read from the policies in force at each request (a policy applied later also governs
-    connections already open). A denied caller's requests are answered 403 here; none reaches the app."""
+    and injected faults. The caller (its service and the tags its certificate names) is fixed for the connection,
+    so what applies to it is worked out once per policies in force (a policy applied later also governs connections
+    already open) and each request only reads it. A denied caller's requests are answered 403 here; none reaches
+    the app."""
 
-    def __init__(self, sidecar: Sidecar, service: str, caller: str | None) -> None:
+    def __init__(self, sidecar: Sidecar, service: str, caller: PeerIdentity | None) -> None:
         self.sidecar = sidecar
         self.service = service
-        self.caller = caller
+        self.caller = caller.service if caller is not None else None  # None: no identity (mTLS off)
+        self.tags = caller.tags if caller is not None else {}
+        self._seen: InboundPolicy | None = None
+        self._applies: CallerPolicy | None = None
 
     @property
-    def policy(self) -> InboundPolicy | None:
-        return self.sidecar.policies.inbound.get(self.service)
+    def policy(self) -> CallerPolicy | None:
+        policy = self.sidecar.policies.inbound.get(self.service)
+        if policy is None:
+            return None
+        if policy is not self._seen:
+            self._seen, self._applies = policy, policy.for_caller(self.caller, self.tags)
+        return self._applies
 
     @property
     def denied(self) -> bool:
         policy = self.policy
-        return policy is not None and not policy.allows(self.caller)
+        return policy is not None and not policy.allows
 
     def logs(self) -> tuple[str, ...]:
         """The access-log paths for this caller's calls (MeshAccessLog)."""
         policy = self.policy
-        return policy.logs(self.caller) if policy is not None else ()
+        return policy.logs if policy is not None else ()
 
     def connection_limited(self) -> bool:
         policy = self.policy
-        return policy is not None and policy.limit_connection(self.caller, time.monotonic())
+        return policy is not None and policy.limit_connection(time.monotonic())
 
     def verdict(self) -> UpstreamError | float:
         """For one request: the answer to give instead of forwarding it, or the delay (seconds) to inject."""
         policy = self.policy
         if policy is None:
             return 0.0
-        if not policy.allows(self.caller):
+        if not policy.allows:
             self.sidecar.metrics.refused.labels(reason="forbidden").inc()
             return UpstreamError("forbidden", f"{self.caller or 'an unidentified caller'} may not call this service",
                                  status=403)
-        if policy.shadow_denied(self.caller):
+        if policy.shadow_denied:
             self.sidecar.metrics.shadow_denied.labels(service=self.service).inc()
             log.info("shadow deny: %s calling %s would be refused (MeshTrafficPermission AllowWithShadowDeny)",
                      self.caller or "an unidentified caller", self.service)
-        limited = policy.limit_request(self.caller, time.monotonic())
+        limited = policy.limit_request(time.monotonic())
         if limited is not None:
             rate_limit, wait = limited
             self.sidecar.metrics.refused.labels(reason="rate_limited").inc()
@@ -944,21 +1080,39 @@ class InboundGuard:
             retry_after = (b"retry-after", str(max(1, math.ceil(wait))).encode())
             return UpstreamError("rate_limited", "too many requests", status=rate_limit.status,
                                  headers=(retry_after, *rate_limit.headers))
-        delay, abort = policy.fault(self.caller, self.sidecar.rng)
+        delay, abort = policy.fault(self.sidecar.rng)
         if abort is not None:
             return UpstreamError("fault_injected", "aborted by MeshFaultInjection", status=abort)
         return delay
 
     def admit_http(self, upstream: Upstream) -> Upstream | UpstreamError:
+        return self._admit(upstream)
+
+    def admit_h2(self, target: H2Target) -> H2Target | UpstreamError:
+        return self._admit(target)
+
+    def _admit(self, target: _Admitted) -> _Admitted | UpstreamError:
+        """The request goes on to the app (with an injected delay, and the caller's MeshTimeout `from`), or the
+        answer to give instead."""
         verdict = self.verdict()
         if isinstance(verdict, UpstreamError):
             return verdict
-        return dataclasses.replace(upstream, delay=verdict) if verdict else upstream
+        policy = self.policy
+        timeouts = policy.timeouts if policy is not None else None
+        if not verdict and timeouts is None:
+            return target
+        if timeouts is None:
+            return dataclasses.replace(target, delay=verdict)
+        return dataclasses.replace(target, delay=verdict, timeout=timeouts.request, stream_idle=timeouts.stream_idle)
 
-    def admit_h2(self, target: H2Target) -> H2Target | UpstreamError:
-        """As `admit_http`; an HTTP/2 request gets no injected delay (not supported there yet)."""
-        verdict = self.verdict()
-        return verdict if isinstance(verdict, UpstreamError) else target
+    def idle_timeout(self, default: float) -> float:
+        """How long this caller's connection may carry nothing (MeshTimeout `from` idleTimeout)."""
+        policy = self.policy
+        timeouts = policy.timeouts if policy is not None else None
+        return timeouts.idle if timeouts is not None and timeouts.idle is not None else default
+
+
+_Admitted = TypeVar("_Admitted", Upstream, H2Target)
 
 
 def balancer_key(backend: Backend) -> str:
@@ -970,11 +1124,6 @@ def balancer_key(backend: Backend) -> str:
 
 def seconds_of(text: str | None, default: float) -> float:
     return parse_duration(text).total_seconds() if text else default
-
-
-def caller_service(spiffe_id: str | None) -> str | None:
-    """The service a peer's SPIFFE ID (`spiffe://<mesh>/<service>`) names."""
-    return spiffe_id.rsplit("/", 1)[1] if spiffe_id and spiffe_id.count("/") == 3 else None
 
 
 def _text(value: bytes | None) -> str | None:

@@ -46,9 +46,11 @@ def response_fields(response: ResponseReceived) -> Fields:
 
 
 async def exchange_over_http1(down: H2Stream, head: HeadersIn, fields: Fields, target: Upstream,
-                              answer_error: Callable[[int, str], Awaitable[None]]) -> None:
+                              answer_error: Callable[[int, str], Awaitable[None]],
+                              started: list[int] | None = None) -> None:
     """Relay one stream's exchange over a pooled HTTP/1.1 connection; `answer_error` answers failures before
-    the response head."""
+    the response head. `started[0]` becomes the status of the response head once it has been relayed. Nothing
+    from the app for `target.stream_idle` seconds (MeshTimeout streamIdleTimeout) ends the exchange."""
     method, path, headers, length = request_line(fields)
     if head.end:
         length = 0
@@ -64,7 +66,7 @@ async def exchange_over_http1(down: H2Stream, head: HeadersIn, fields: Fields, t
         target.pool.created += 1
     client, upstream = conn.state, conn.stream
     reusable = False
-    started = [False]
+    started = started if started is not None else [0]
     try:
         try:
             await upstream.send_all(client.send_request(method, path, headers, body_length=length))
@@ -77,21 +79,27 @@ async def exchange_over_http1(down: H2Stream, head: HeadersIn, fields: Fields, t
             # Failures are handled here, in the nursery's body: raised through the nursery they would arrive
             # wrapped in an ExceptionGroup, past these handlers, and end the whole connection (the process).
             try:
-                reusable = await _pump_response(down, EventReader(client, upstream), started)
+                reusable = await _pump_response(down, EventReader(client, upstream), started, target.stream_idle)
             except (trio.BrokenResourceError, trio.ClosedResourceError, PeerGone, ProtocolViolation) as exc:
                 await _failed(down, exc, started, answer_error)
+            except trio.TooSlowError:
+                if started[0]:
+                    down.reset(h2.errors.ErrorCodes.CANCEL)
+                else:
+                    with contextlib.suppress(StreamGone):
+                        await answer_error(504, "stream_idle_timeout")
             except StreamGone:
                 pass  # the downstream stream went away (a cancel, a timeout): the connection is not reused
             nursery.cancel_scope.cancel()
     finally:
         if reusable and not client.must_close:
-            target.pool.give_back(key, conn)
+            target.pool.give_back(key, conn, target.service)
         else:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await upstream.aclose()
 
 
-async def _failed(down: H2Stream, exc: Exception, started: list[bool],
+async def _failed(down: H2Stream, exc: Exception, started: list[int],
                   answer_error: Callable[[int, str], Awaitable[None]]) -> None:
     if started[0]:
         down.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)  # the head is out: a reset is the only signal left
@@ -122,24 +130,31 @@ async def _pump_request(down: H2Stream, client: ClientConnection, upstream: trio
         return  # the response side sees the broken connection
 
 
-async def _pump_response(down: H2Stream, up: EventReader, started: list[bool]) -> bool:
-    """Relay the response; True when the HTTP/1.1 exchange completed cleanly (the connection may be reused)."""
-    event = await up.next()
+async def _pump_response(down: H2Stream, up: EventReader, started: list[int], idle: float | None) -> bool:
+    """Relay the response; True when the HTTP/1.1 exchange completed cleanly (the connection may be reused).
+    Raises trio.TooSlowError after `idle` seconds without an event from the app."""
+    async def following() -> object:
+        if idle is None:
+            return await up.next()
+        with trio.fail_after(idle):
+            return await up.next()
+
+    event = await following()
     while isinstance(event, ResponseReceived) and event.informational:
         if event.status != 101:  # no protocol switch over HTTP/2
             await down.send_headers(response_fields(event))
-        event = await up.next()
+        event = await following()
     if not isinstance(event, ResponseReceived):
         raise PeerGone("no response head")
     response = event
     bodyless = response.body_length == 0
-    started[0] = True
+    started[0] = response.status
     await down.send_headers(response_fields(response), end=bodyless)
     if bodyless:
         await up.skip_end_of_bodyless()
         return response.keep_alive
     while True:
-        event = await up.next()
+        event = await following()
         if isinstance(event, DataReceived):
             await down.send_data(event.data)
         elif isinstance(event, MessageCompleted):

@@ -463,6 +463,16 @@ class H2Connection:
                 stream.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
             self.forget(stream)
 
+    def close_if_idle(self, idle_for: float, now: float) -> bool:
+        """Go away and close if no stream has been open for `idle_for` seconds; True if so."""
+        if self.streams or self._going_away or now - self._last_active < idle_for:
+            return False
+        log.info("closing an HTTP/2 connection: idle for %.1fs", now - self._last_active)
+        self.goaway()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        return True
+
     def forget(self, stream: H2Stream) -> None:
         """The stream is over on our side: drop it from the table (its slot frees for new streams)."""
         if self.streams.get(stream.stream_id) is stream:

@@ -56,15 +56,17 @@ class UpstreamConnector:
         return context
 
     async def connect(self, address: str, port: int, *, service: str, alpn: str, sni: str = "",
-                      ) -> trio.abc.HalfCloseableStream:
+                      connect_timeout: float | None = None) -> trio.abc.HalfCloseableStream:
         """A connection to `service` at `address:port` (through a zone ingress when `sni` is set), its peer verified
-        as `spiffe://<mesh>/<service>` speaking `alpn`. Raises UpstreamError with the reason."""
+        as `spiffe://<mesh>/<service>` speaking `alpn`, within `connect_timeout` (TCP and TLS; the connector's
+        default otherwise). Raises UpstreamError with the reason."""
+        timeout = self.connect_timeout if connect_timeout is None else connect_timeout
         where = f"{address}:{port} (SNI {sni})" if sni else f"{address}:{port}"
         if sni and not self.mtls:
             raise UpstreamError("tls_required", f"{where} is a zone ingress, which only routes TLS")
         context = self._context(alpn) if self.mtls else None
         try:
-            with trio.fail_after(self.connect_timeout):
+            with trio.fail_after(timeout):
                 tcp = await open_lean_tcp_stream(address, port)
                 if context is None:
                     return tcp
@@ -79,7 +81,7 @@ class UpstreamConnector:
                     await tls.aclose()
                     raise UpstreamError("tls_failure", f"{where}: {exc}") from None
         except trio.TooSlowError:
-            raise UpstreamError("connect_timeout", f"{where} after {self.connect_timeout}s") from None
+            raise UpstreamError("connect_timeout", f"{where} after {timeout:g}s") from None
         except OSError as exc:
             raise UpstreamError("connect_failure", f"{where}: {exc.strerror or exc}") from None
         expected = f"spiffe://{self.mesh}/{service}"

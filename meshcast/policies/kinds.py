@@ -87,18 +87,23 @@ class To(Spec):
 
 
 class From(Spec):
-    """Traffic from callers: `Mesh` (any caller) or `MeshService` (callers whose certificate names that service)."""
+    """Traffic from callers, known by their certificate: its SPIFFE ID names their service, its tag SANs the tags
+    of their instance (set by the control plane from their registered Dataplane)."""
 
     target_ref: TargetRef = Field(
-        description="the callers: `Mesh` (any caller) or `MeshService` (callers whose certificate names that service)"
+        description="the callers: `Mesh` (any caller), `MeshSubset` (callers with all `tags`), `MeshService` "
+        "(callers of that service) or `MeshServiceSubset` (callers of that service with all `tags`)"
     )
 
     @model_validator(mode="after")
     def _caller(self) -> Self:
-        if self.target_ref.kind not in ("Mesh", "MeshService"):
-            raise ValueError(f"from[].targetRef.kind must be Mesh or MeshService (a caller is known by the service "
-                             f"its certificate names, not by tags), not {self.target_ref.kind}")
+        if self.target_ref.kind not in FROM_KINDS:
+            raise ValueError(f"from[].targetRef.kind must be Mesh, MeshSubset, MeshService or MeshServiceSubset, not "
+                             f"{self.target_ref.kind} (a gateway calls as the service named after its MeshGateway)")
         return self
+
+
+FROM_KINDS = ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset")
 
 
 class PolicySpec(Spec):
@@ -132,7 +137,7 @@ class MeshTrafficPermissionSpec(PolicySpec):
 
 MESH_TRAFFIC_PERMISSION = _register(
     "MeshTrafficPermission", "meshtrafficpermissions", MeshTrafficPermissionSpec, aliases=("mtp",),
-    summary="who may call the selected services: Allow or Deny by the caller's service (its SPIFFE ID)")
+    summary="who may call the selected services: Allow or Deny by the caller's service and tags (its certificate)")
 
 
 # --- MeshTimeout ----------------------------------------------------------------------------------------------
@@ -220,12 +225,13 @@ class HttpRetry(Spec):
 
 class GrpcRetry(Spec):
     num_retries: Annotated[int, Field(ge=0, le=10)] | None = Field(
-        default=None, description="retries after the first attempt"
+        default=None, description="retries after the first attempt; 5 by default"
     )
     per_try_timeout: PositiveDuration | None = Field(default=None, description="the timeout of each attempt")
     back_off: BackOff | None = Field(default=None, description="the wait before each retry")
     retry_on: Annotated[list[GrpcRetryOn], Field(min_length=1)] | None = Field(
-        default=None, description="the gRPC statuses retried"
+        default=None, description="the gRPC statuses retried, as a trailers-only answer carries them (`Cancelled`, "
+        "`DeadlineExceeded`, `ResourceExhausted` and `Unavailable` by default)"
     )
 
 

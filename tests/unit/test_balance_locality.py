@@ -426,7 +426,7 @@ class RecordingConnector(UpstreamConnector):
         self.dials: list[tuple[str, int, str, str, str]] = []
 
     async def connect(self, address: str, port: int, *, service: str, alpn: str, sni: str = "",
-                      ) -> trio.abc.HalfCloseableStream:
+                      connect_timeout: float | None = None) -> trio.abc.HalfCloseableStream:
         self.dials.append((address, port, service, alpn, sni))
         if not sni:
             raise UpstreamError("connect_failure", f"{address}:{port}: refused")

@@ -149,6 +149,39 @@ def test_outbound_defaults_and_bad_values_are_refused_by_the_sidecar() -> None:
         parse_snapshot(snapshot, mesh="m", name="d")
 
 
+def test_grpc_retries_timeouts_and_connection_limits_compile() -> None:
+    outbound = compile_outbound({
+        "MeshRetry": {"grpc": {"numRetries": 2, "retryOn": ["Unavailable", "Internal"]}},
+        "MeshTimeout": {"connectionTimeout": "250ms", "idleTimeout": "30s",
+                        "http": {"requestTimeout": "10s", "maxStreamDuration": "3s", "streamIdleTimeout": "1s"}},
+        "MeshCircuitBreaker": {"connectionLimits": {"maxConnections": 4, "maxPendingRequests": 8}}})
+    assert outbound.retry_for(grpc=False) is None  # no `http` section: plain HTTP calls are not retried
+    grpc = outbound.retry_for(grpc=True)
+    assert grpc is not None and grpc.num_retries == 2
+    assert grpc.should_retry(grpc_status=14) and grpc.should_retry(grpc_status=13)
+    assert not grpc.should_retry(grpc_status=4) and not grpc.should_retry(grpc_status=0)
+    assert outbound.budget is not None  # the budget covers gRPC retries too
+    assert (outbound.connect_timeout, outbound.idle_timeout) == (0.25, 30.0)
+    assert (outbound.request_timeout, outbound.stream_idle_timeout) == (3.0, 1.0)  # the lower bound of the two
+    assert (outbound.max_connections, outbound.max_pending) == (4, 8)
+    default = compile_outbound({"MeshRetry": {"grpc": {}}}).retry_for(grpc=True)
+    assert default is not None and default.should_retry(grpc_status=4) and not default.should_retry(grpc_status=13)
+    assert RetryPolicy(on=frozenset({"RefusedStream"})).should_retry(failure="refused_stream")
+    assert compile_outbound({"MeshRetry": {"tcp": {"maxConnectAttempt": 1}}}).connect_attempts == 1
+
+
+def test_timeouts_from_callers() -> None:
+    from dataplane.policy import InboundTimeouts, compile_inbound
+
+    inbound = compile_inbound({"MeshTimeout": {
+        "*": {"http": {"requestTimeout": "2s"}},
+        "web": {"idleTimeout": "10s", "http": {"requestTimeout": "5s", "maxStreamDuration": "1s",
+                                               "streamIdleTimeout": "200ms"}}}})
+    assert inbound.for_caller("web").timeouts == InboundTimeouts(request=1.0, stream_idle=0.2, idle=10.0)
+    assert inbound.for_caller("other").timeouts == InboundTimeouts(request=2.0)
+    assert compile_inbound({}).for_caller("web").timeouts is None
+
+
 def test_route_edits_on_an_http2_head() -> None:
     from dataplane.h2.proxy import edit_fields
 
