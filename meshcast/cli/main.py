@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 
 import meshcast
+from meshcast.cli.configfile import config_option
 from meshcast.errors import MeshcastError, api_error_message
 
 DEFAULT_CP = "http://127.0.0.1:5681"
@@ -355,6 +356,7 @@ def zone_cp() -> None:
 
 
 @zone_cp.command("run")
+@config_option
 @click.option("--store", "store_kind", type=click.Choice(["memory", "etcd"]), default="memory", show_default=True)
 @click.option("--etcd-endpoints", default="http://127.0.0.1:2379", show_default=True,
               help="Comma-separated etcd client URLs (with --store etcd).")
@@ -402,6 +404,7 @@ def global_cp() -> None:
 
 
 @global_cp.command("run")
+@config_option
 @click.option("--etcd-endpoints", default="http://127.0.0.1:2379", show_default=True,
               help="Comma-separated client URLs of the global etcd.")
 @click.option("--etcd-user", envvar="MESHCAST_ETCD_USER", default=None, help="etcd user (or MESHCAST_ETCD_USER).")
@@ -429,6 +432,7 @@ def ingress_group() -> None:
 
 
 @ingress_group.command("run")
+@config_option
 @click.option("--cp", "cp_url", envvar="MESHCAST_CP", default=DEFAULT_CP, show_default=True,
               help="URL of the zone control plane's API.")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
@@ -454,6 +458,7 @@ def dataplane_group() -> None:
 
 
 @dataplane_group.command("run")
+@config_option
 @click.option("--cp", "cp_url", envvar="MESHCAST_CP", default=DEFAULT_CP, show_default=True,
               help="URL of the zone control plane's API.")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
@@ -571,6 +576,7 @@ def gateway_group() -> None:
 
 
 @gateway_group.command("run")
+@config_option
 @click.option("--cp", "cp_url", envvar="MESHCAST_CP", default=DEFAULT_CP, show_default=True,
               help="URL of the zone control plane's API.")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
