@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from meshcast.store.etcd import EtcdTLS
 
 ROLES = ("standalone", "global", "zone")
 
@@ -24,6 +28,8 @@ class ZoneCPConfig:
     etcd_endpoints: str = ""  # global: the global etcd, whose zone users it administers
     etcd_user: str | None = None
     etcd_password: str | None = None
+    etcd_tls: EtcdTLS | None = None  # global: TLS to the global etcd (https:// endpoints)
+    global_etcd_tls: EtcdTLS | None = None  # zone: TLS to the global etcd
     api_addr: str = "127.0.0.1:5681"
     dp_addr: str = "127.0.0.1:5678"
     zone: str = ""

@@ -171,7 +171,8 @@ class ZoneControlPlane:
 
             user, password = await join_global(self.config)
         # Not `open`: the zone starts (from its saved global state) even when the global side does not answer.
-        store = EtcdStore(self.config.global_etcd, prefix=GLOBAL_PREFIX, username=user, password=password)
+        store = EtcdStore(self.config.global_etcd, prefix=GLOBAL_PREFIX, username=user, password=password,
+                          tls=self.config.global_etcd_tls)
         try:
             yield store
         finally:
@@ -506,7 +507,7 @@ class ZoneControlPlane:
             return {"zone": claims.zone, "etcdUser": None, "etcdPassword": None}
         password = self._zone_password(claims.zone)
         await ensure_zone_user(self.config.etcd_endpoints, self.config.etcd_user, self.config.etcd_password,
-                               claims.zone, password)
+                               claims.zone, password, tls=self.config.etcd_tls)
         log.info("zone %s joined with etcd user %s", claims.zone, zone_user(claims.zone))
         return {"zone": claims.zone, "etcdUser": zone_user(claims.zone), "etcdPassword": password}
 

@@ -6,6 +6,7 @@ import gc
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import trio
@@ -13,10 +14,14 @@ import trio
 from meshcast.errors import MeshcastError
 from meshcast.store import MemoryStore, ResourceStore
 
+if TYPE_CHECKING:
+    from meshcast.store.etcd import EtcdTLS
+
 log = logging.getLogger("meshcast.zone_cp")
 
 
-async def open_store(kind: str, endpoints: str, prefix: str, user: str | None, password: str | None) -> ResourceStore:
+async def open_store(kind: str, endpoints: str, prefix: str, user: str | None, password: str | None,
+                     tls: EtcdTLS | None = None) -> ResourceStore:
     if kind == "memory":
         return MemoryStore()
     from meshcast.store.etcd import EtcdStore
@@ -24,7 +29,28 @@ async def open_store(kind: str, endpoints: str, prefix: str, user: str | None, p
     urls = [u.strip() for u in endpoints.split(",") if u.strip()]
     if not urls:
         raise click.BadParameter("at least one URL is needed", param_hint="--etcd-endpoints")
-    return await EtcdStore.open(urls, prefix=prefix, username=user, password=password)
+    try:
+        return await EtcdStore.open(urls, prefix=prefix, username=user, password=password, tls=tls)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--etcd-endpoints") from None
+
+
+def etcd_tls(ca_file: Path | None, cert_file: Path | None, key_file: Path | None, endpoints: str,
+             flag: str) -> EtcdTLS | None:
+    """The TLS settings of `--<flag>-ca-file/-cert-file/-key-file`, checked against the endpoints' scheme."""
+    from meshcast.store.etcd import EtcdTLS, check_tls, parse_endpoint_urls
+
+    if ca_file is None and (cert_file is not None or key_file is not None):
+        raise click.UsageError(f"--{flag}-cert-file and --{flag}-key-file need --{flag}-ca-file (https:// etcd)")
+    try:
+        tls = EtcdTLS(ca_file, cert_file, key_file) if ca_file is not None else None
+        if endpoints.strip():
+            check_tls(parse_endpoint_urls(endpoints)[0], tls)
+        if tls is not None:
+            tls.credentials()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"--{flag}-ca-file") from None
+    return tls
 
 
 async def _until_signal(cancel: trio.CancelScope) -> None:
@@ -38,6 +64,7 @@ async def _until_signal(cancel: trio.CancelScope) -> None:
 def run_global_cp(
     *, etcd_endpoints: str, etcd_user: str | None, etcd_password: str | None, api_addr: str, state_dir: Path,
     no_default_mesh: bool, allow_remote_admin: bool, tls_cert: Path | None, tls_key: Path | None,
+    etcd_ca_file: Path | None = None, etcd_cert_file: Path | None = None, etcd_key_file: Path | None = None,
 ) -> None:
     """The global CP is the control plane's API and store over the global keyspace, without dataplanes."""
     from meshcast.federation.keyspace import GLOBAL_PREFIX
@@ -47,6 +74,7 @@ def run_global_cp(
         etcd_password=etcd_password, api_addr=api_addr, dp_addr="127.0.0.1:0", state_dir=state_dir, zone="",
         heartbeat_timeout=10.0, heartbeat_interval=2.0, no_default_mesh=no_default_mesh,
         allow_remote_admin=allow_remote_admin, tls_cert=tls_cert, tls_key=tls_key, role="global",
+        etcd_ca_file=etcd_ca_file, etcd_cert_file=etcd_cert_file, etcd_key_file=etcd_key_file,
     )
 
 
@@ -56,6 +84,9 @@ def run_zone_cp(
     no_default_mesh: bool, allow_remote_admin: bool, tls_cert: Path | None, tls_key: Path | None,
     global_etcd: str = "", global_etcd_user: str | None = None, global_etcd_password: str | None = None,
     zone_lease_ttl: int = 10, role: str | None = None, global_cp: str = "", zone_token_file: Path | None = None,
+    etcd_ca_file: Path | None = None, etcd_cert_file: Path | None = None, etcd_key_file: Path | None = None,
+    global_etcd_ca_file: Path | None = None, global_etcd_cert_file: Path | None = None,
+    global_etcd_key_file: Path | None = None,
 ) -> None:
     from meshcast.federation.keyspace import GLOBAL_PREFIX
     from meshcast.pki.spiffe import check_label
@@ -86,6 +117,10 @@ def run_zone_cp(
         raise click.UsageError("--tls-cert and --tls-key go together")
     if heartbeat_timeout <= heartbeat_interval:
         raise click.BadParameter("must be longer than --heartbeat-interval", param_hint="--heartbeat-timeout")
+    store_tls = etcd_tls(etcd_ca_file, etcd_cert_file, etcd_key_file,
+                         etcd_endpoints if store_kind == "etcd" else "", "etcd")
+    global_tls = etcd_tls(global_etcd_ca_file, global_etcd_cert_file, global_etcd_key_file, global_etcd,
+                          "global-etcd")
     config = ZoneCPConfig(
         state_dir=state_dir, api_addr=api_addr, dp_addr=dp_addr, zone=zone, heartbeat_timeout=heartbeat_timeout,
         heartbeat_interval=heartbeat_interval, create_default_mesh=not no_default_mesh,
@@ -95,10 +130,11 @@ def run_zone_cp(
         zone_token=zone_token_file.read_text().strip() if zone_token_file else None,
         etcd_endpoints=etcd_endpoints if role == "global" else "", etcd_user=etcd_user if role == "global" else None,
         etcd_password=etcd_password if role == "global" else None,
+        etcd_tls=store_tls if role == "global" else None, global_etcd_tls=global_tls,
     )
 
     async def main() -> None:
-        store = await open_store(store_kind, etcd_endpoints, etcd_prefix, etcd_user, etcd_password)
+        store = await open_store(store_kind, etcd_endpoints, etcd_prefix, etcd_user, etcd_password, store_tls)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_until_signal, nursery.cancel_scope)

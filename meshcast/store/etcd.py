@@ -40,6 +40,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -91,25 +92,77 @@ _CLIENT_ERRORS = (etcd_errors.Etcd3Exception, grpc.RpcError)
 
 
 def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
-    """`http://a:2379,http://b:2379` (or a list of them, scheme optional) -> [(host, port), ...]."""
+    """`http://a:2379,http://b:2379` (or a list of them, scheme optional; https for TLS) -> [(host, port), ...]."""
+    return parse_endpoint_urls(endpoints)[1]
+
+
+def parse_endpoint_urls(endpoints: str | Sequence[str]) -> tuple[bool, list[tuple[str, int]]]:
+    """Whether the endpoints speak TLS (all https://) and their (host, port); ValueError naming a bad one, or
+    a mix of http:// and https://."""
     items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
     out = []
+    schemes = set()
     for raw in (e.strip() for e in items):
         if not raw:
             continue
         url = urlsplit(raw if "://" in raw else f"http://{raw}")
-        if url.scheme != "http":
-            raise ValueError(f"etcd endpoint {raw!r}: only http:// is supported (TLS is not implemented yet)")
+        if url.scheme not in ("http", "https"):
+            raise ValueError(f"etcd endpoint {raw!r}: expected http:// or https://")
         if url.hostname is None or url.path not in ("", "/"):
             raise ValueError(f"etcd endpoint {raw!r}: expected http://host:port")
         try:
             port = url.port or 2379
         except ValueError:
             raise ValueError(f"etcd endpoint {raw!r}: invalid port") from None
+        schemes.add(url.scheme)
         out.append((url.hostname, port))
     if not out:
         raise ValueError("no etcd endpoint given")
-    return out
+    if len(schemes) > 1:
+        raise ValueError("etcd endpoints mix http:// and https://: use one scheme for the whole cluster")
+    return schemes == {"https"}, out
+
+
+@dataclass(frozen=True)
+class EtcdTLS:
+    """TLS to etcd (https:// endpoints): the CA that signed etcd's certificates and, when etcd asks for client
+    certificates (`--client-cert-auth`), this client's certificate and key. The files are read for every new
+    connection, so certificates renewed on disk take effect when the client next connects."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("an etcd client certificate and its key go together")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC channel credentials; ValueError naming a file that cannot be read."""
+        def read(path: Path | None, what: str) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read the etcd {what} {path}: {exc.strerror or exc}") from None
+
+        return grpc.ssl_channel_credentials(root_certificates=read(self.ca_file, "CA file"),
+                                            private_key=read(self.key_file, "client key"),
+                                            certificate_chain=read(self.cert_file, "client certificate"))
+
+
+def check_tls(secure: bool, tls: EtcdTLS | None) -> None:
+    """The endpoints' scheme and the TLS settings agree; ValueError saying what to change."""
+    if secure and tls is None:
+        raise ValueError("https:// etcd endpoints need the CA that signed etcd's certificates (an etcd CA file)")
+    if not secure and tls is not None:
+        raise ValueError("etcd TLS files were given for http:// endpoints: use https:// endpoints")
+
+
+def endpoint_urls(endpoints: list[tuple[str, int]], secure: bool) -> str:
+    scheme = "https" if secure else "http"
+    return ",".join(f"{scheme}://{host}:{port}" for host, port in endpoints)
 
 
 class EtcdStore:
@@ -130,10 +183,15 @@ class EtcdStore:
         timeout: float = 5.0,
         retries: int = 2,
         watch_buffer: int = 10_000,
+        tls: EtcdTLS | None = None,
     ) -> None:
         if (username is None) != (password is None):
             raise ValueError("etcd username and password go together")
-        self._endpoints = parse_endpoints(endpoints)
+        self._secure, self._endpoints = parse_endpoint_urls(endpoints)
+        check_tls(self._secure, tls)
+        if tls is not None:
+            tls.credentials()  # an unreadable file is the caller's error, now, not a retried connect later
+        self.tls = tls
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self._resources = self.prefix + "resources/"
         self._username, self._password = username, password
@@ -156,10 +214,11 @@ class EtcdStore:
         timeout: float = 5.0,  # noqa: ASYNC109 - the store's per-call etcd timeout, not a deadline for open()
         retries: int = 2,
         watch_buffer: int = 10_000,
+        tls: EtcdTLS | None = None,
     ) -> EtcdStore:
         """Connect and check that etcd answers; raise StoreUnavailable (one line) if it does not."""
         store = cls(endpoints, prefix=prefix, username=username, password=password, timeout=timeout,
-                    retries=retries, watch_buffer=watch_buffer)
+                    retries=retries, watch_buffer=watch_buffer, tls=tls)
         try:
             await store.connect()
         except BaseException:
@@ -169,7 +228,7 @@ class EtcdStore:
 
     @property
     def endpoints(self) -> str:
-        return ",".join(f"http://{host}:{port}" for host, port in self._endpoints)
+        return endpoint_urls(self._endpoints, self._secure)
 
     async def connect(self) -> None:
         """Create the client if there is none (one at a time: concurrent callers share it) and check etcd answers."""
@@ -180,8 +239,10 @@ class EtcdStore:
 
     def _new_client(self) -> Any:
         """A new blocking pyetcd client on every endpoint (authenticates when credentials were given)."""
+        creds = self.tls.credentials() if self.tls is not None else None
         endpoints = [
-            pyetcd.Endpoint(host, port, secure=False, time_retry=_ENDPOINT_RETRY, opts=_GRPC_OPTIONS)
+            pyetcd.Endpoint(host, port, secure=creds is not None, creds=creds, time_retry=_ENDPOINT_RETRY,
+                            opts=_GRPC_OPTIONS)
             for host, port in self._endpoints
         ]
         try:

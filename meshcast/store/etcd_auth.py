@@ -40,7 +40,7 @@ from pyetcd import etcdrpc
 
 from meshcast.errors import MeshcastError, StoreUnauthorized, StoreUnavailable
 from meshcast.federation.keyspace import ROOT, zone_prefix
-from meshcast.store.etcd import parse_endpoints
+from meshcast.store.etcd import EtcdTLS, check_tls, endpoint_urls, parse_endpoint_urls
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def _permissions(read_prefixes: Iterable[str], write_prefixes: Iterable[str]) ->
 # --- the public API -------------------------------------------------------------------------------------------
 
 async def enable_auth(endpoints: str | Sequence[str], root_password: str, *, rpc_timeout: float = 5.0,
-                      retries: int = 2) -> bool:
+                      retries: int = 2, tls: EtcdTLS | None = None) -> bool:
     """Turn etcd authentication on, with user `root` (role `root`) authenticating with `root_password`.
 
     Returns True if it enabled authentication, False if it was already on and `root_password` is root's. While
@@ -168,12 +168,12 @@ async def enable_auth(endpoints: str | Sequence[str], root_password: str, *, rpc
     """
     _check_password(root_password, "root password")
     work = functools.partial(_enable_auth, root_password=root_password)
-    return await _in_thread(endpoints, rpc_timeout, retries, work)
+    return await _in_thread(endpoints, rpc_timeout, retries, work, tls)
 
 
 async def ensure_user(endpoints: str | Sequence[str], admin_user: str, admin_password: str, name: str,
                       password: str, *, read_prefixes: Iterable[str], write_prefixes: Iterable[str],
-                      rpc_timeout: float = 5.0, retries: int = 2) -> bool:
+                      rpc_timeout: float = 5.0, retries: int = 2, tls: EtcdTLS | None = None) -> bool:
     """Create or update user `name` with `password` and its role `name`, allowed exactly READ on `read_prefixes`
     and READWRITE on `write_prefixes`; other permissions of the role and other roles of the user are revoked.
 
@@ -187,33 +187,34 @@ async def ensure_user(endpoints: str | Sequence[str], admin_user: str, admin_pas
     _check_password(password, f"password of {name!r}")
     wanted = _permissions(read_prefixes, write_prefixes)
     return await _in_thread(endpoints, rpc_timeout, retries, functools.partial(
-        _ensure_user, admin=(admin_user, admin_password), name=name, password=password, wanted=wanted))
+        _ensure_user, admin=(admin_user, admin_password), name=name, password=password, wanted=wanted), tls)
 
 
 async def ensure_zone_user(endpoints: str | Sequence[str], admin_user: str, admin_password: str, zone: str,
-                           password: str, *, rpc_timeout: float = 5.0, retries: int = 2) -> bool:
+                           password: str, *, rpc_timeout: float = 5.0, retries: int = 2,
+                           tls: EtcdTLS | None = None) -> bool:
     """`ensure_user` for a zone's control plane: `zone_user(zone)` reads `/meshcast/v1/` and writes only
     `/meshcast/v1/zones/<zone>/` (its info, its services on its lease, its CA exchange). Returns whether anything
     changed."""
     return await ensure_user(endpoints, admin_user, admin_password, zone_user(zone), password,
                              read_prefixes=[ROOT], write_prefixes=[zone_prefix(zone)], rpc_timeout=rpc_timeout,
-                             retries=retries)
+                             retries=retries, tls=tls)
 
 
 async def remove_user(endpoints: str | Sequence[str], admin_user: str, admin_password: str, name: str, *,
-                      rpc_timeout: float = 5.0, retries: int = 2) -> bool:
+                      rpc_timeout: float = 5.0, retries: int = 2, tls: EtcdTLS | None = None) -> bool:
     """Delete user `name` and its role `name`; either being missing is fine. Returns whether anything was deleted.
 
     etcd drops the user's tokens with it, so its open sessions fail from the next request on.
     """
     _check_user_name(name)
     return await _in_thread(endpoints, rpc_timeout, retries, functools.partial(
-        _remove_user, admin=(admin_user, admin_password), name=name))
+        _remove_user, admin=(admin_user, admin_password), name=name), tls)
 
 
 async def _in_thread(endpoints: str | Sequence[str], rpc_timeout: float, retries: int,
-                     work: Callable[[_Session], T]) -> T:
-    session = _Session(endpoints, rpc_timeout, retries)  # parses the endpoints here: a ValueError is the caller's
+                     work: Callable[[_Session], T], tls: EtcdTLS | None = None) -> T:
+    session = _Session(endpoints, rpc_timeout, retries, tls)  # parses the endpoints here: a ValueError is the caller's
 
     def run() -> T:
         try:
@@ -352,9 +353,12 @@ class _Refused(Exception):
 class _Session:
     """Blocking Auth API calls against one etcd cluster, used by one thread at a time. Owns a client per endpoint."""
 
-    def __init__(self, endpoints: str | Sequence[str], timeout: float, retries: int) -> None:
-        self._endpoints = parse_endpoints(endpoints)
-        self.shown = ",".join(f"http://{host}:{port}" for host, port in self._endpoints)
+    def __init__(self, endpoints: str | Sequence[str], timeout: float, retries: int,
+                 tls: EtcdTLS | None = None) -> None:
+        secure, self._endpoints = parse_endpoint_urls(endpoints)
+        check_tls(secure, tls)
+        self._creds = tls.credentials() if tls is not None else None
+        self.shown = endpoint_urls(self._endpoints, secure)
         self._timeout, self._retries = timeout, retries
         self._clients: dict[int, Any] = {}
         self._index = 0
@@ -422,7 +426,8 @@ class _Session:
         client = self._clients.get(self._index)
         if client is None:
             host, port = self._endpoints[self._index]
-            endpoint = pyetcd.Endpoint(host, port, secure=False, time_retry=0, opts=_GRPC_OPTIONS)
+            endpoint = pyetcd.Endpoint(host, port, secure=self._creds is not None, creds=self._creds, time_retry=0,
+                                       opts=_GRPC_OPTIONS)
             client = self._clients[self._index] = pyetcd.MultiEndpointEtcd3Client([endpoint], timeout=self._timeout)
         return client
 

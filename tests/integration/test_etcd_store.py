@@ -60,7 +60,8 @@ def test_endpoints_parse_from_urls_lists_and_bare_host_ports() -> None:
     assert parse_endpoints("http://127.0.0.1:2379, http://10.0.0.2:22379") == [("127.0.0.1", 2379),
                                                                               ("10.0.0.2", 22379)]
     assert parse_endpoints(["localhost:1234", "http://etcd"]) == [("localhost", 1234), ("etcd", 2379)]
-    for bad, reason in [("https://a:2379", "only http"), ("", "no etcd endpoint"), ("http://a:x", "invalid port"),
+    for bad, reason in [("ftp://a:2379", "expected http:// or https://"), ("", "no etcd endpoint"),
+                        ("http://a:1,https://b:2", "mix http:// and https://"), ("http://a:x", "invalid port"),
                         ("http://a:1/path", "expected http://host:port")]:
         with pytest.raises(ValueError, match=reason):
             parse_endpoints(bad)
