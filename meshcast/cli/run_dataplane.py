@@ -94,7 +94,20 @@ def run_dataplane(
                 await nursery.start(serve_admin, sidecar, admin_sock)
                 click.echo(f"dataplane {mesh}/{name}: admin on {admin_host}:{admin_sock.getsockname()[1]}, "
                            "waiting for a config", err=True)
+
+                async def stop_while_waiting(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                    # Until the first config, a signal stops the process at once (nothing to drain): a sidecar
+                    # whose token is refused keeps retrying and must still obey SIGTERM.
+                    with trio.CancelScope() as scope:
+                        task_status.started(scope)
+                        async for signum in signals:
+                            log.info("%s before the first config: stopping", signal.Signals(signum).name)
+                            nursery.cancel_scope.cancel()
+                            return
+
+                waiting = await nursery.start(stop_while_waiting)
                 await nursery.start(sidecar.run)
+                waiting.cancel()
                 if workers > 1:  # they follow the state this process saved before it became ready
                     spawned.extend(_spawn_workers(workers - 1, sys.argv[1:]))
                 click.echo(f"dataplane {mesh}/{name} ready (config {sidecar.agent.version}, "

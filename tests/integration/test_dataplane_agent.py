@@ -93,3 +93,35 @@ async def test_certificate_rotates_at_two_thirds_of_its_life(tmp_path: Path) -> 
             nursery.cancel_scope.cancel()
     finally:
         cp.stop()
+
+
+def test_a_sidecar_waiting_for_its_first_config_stops_on_sigterm(tmp_path: Path) -> None:
+    """A refused token keeps a sidecar retrying without a config; SIGTERM must still stop it (it was ignored)."""
+    import json
+    import signal
+    import subprocess
+
+    from tests.support.zone import meshcast_cmd
+
+    cp = ZoneCPProcess(tmp_path / "cp")
+    cp.start()
+    try:
+        (tmp_path / "token").write_text("not-a-token")
+        (tmp_path / "dp.json").write_text(json.dumps(dataplane("web-1", "web", 10001)))
+        proc = subprocess.Popen(meshcast_cmd("dataplane", "run", "--cp", cp.url,
+                                             "--token-file", str(tmp_path / "token"),
+                                             "--dataplane-file", str(tmp_path / "dp.json"), "--admin-addr",
+                                             "127.0.0.1:0", "--state-dir", str(tmp_path / "state")),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            assert proc.stderr is not None
+            line = proc.stderr.readline().decode()  # the admin endpoint is up: signals are handled from here on
+            assert "waiting for a config" in line, line
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        cp.stop()
