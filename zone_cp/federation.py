@@ -46,6 +46,8 @@ log = logging.getLogger("meshcast.zone_cp.federation")
 
 STATE_FILE = "global-state.json"
 REMOTE_FILE = "remote-zones.json"
+LIVENESS_INTERVAL = 1.0  # how often a following zone checks that the global etcd still answers
+LIVENESS_TIMEOUT = 3.0  # a revision read slower than this counts as no answer
 
 
 def synced(type_name: str) -> bool:
@@ -93,7 +95,9 @@ class GlobalMirror:
                 self.synced_once = True
                 backoff = 0.05
                 self.live = True
-                async with self.global_store.watch(after_revision=listing.revision) as events:
+                async with self.global_store.watch(after_revision=listing.revision) as events, \
+                        trio.open_nursery() as probing:
+                    probing.start_soon(self._probe_liveness)
                     async for event in events:
                         if not synced(event.type):
                             continue
@@ -107,6 +111,7 @@ class GlobalMirror:
                         self.revision = event.revision
                         self.cp.metrics.global_revision.set(self.revision)
                         self.save()
+                    probing.cancel_scope.cancel()
             except WatchCompacted:
                 log.warning("global history compacted under the watch; listing again")
                 self.live, self.lost_at = False, time.monotonic()
@@ -116,6 +121,26 @@ class GlobalMirror:
                     self.live, self.lost_at = False, time.monotonic()
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def _probe_liveness(self) -> None:
+        """A watch stays open, silent, when etcd loses its quorum (the member it talks to is up but can serve no
+        linearizable read): read the revision every LIVENESS_INTERVAL, and count the zone as not following the
+        global state (sync lag growing from the last good read) while that read fails or takes too long."""
+        last_ok = time.monotonic()
+        while True:
+            await trio.sleep(LIVENESS_INTERVAL)
+            answered = False
+            with trio.move_on_after(LIVENESS_TIMEOUT), contextlib.suppress(StoreUnavailable):
+                await self.global_store.revision()
+                answered = True
+            if answered:
+                last_ok = time.monotonic()
+                if not self.live:
+                    log.info("the global store answers again")
+                    self.live = True
+            elif self.live:
+                log.warning("the global store does not answer: serving the last known global state")
+                self.live, self.lost_at = False, last_ok
 
     async def _reconcile(self, resources: list[Resource]) -> None:
         """Make the zone's store hold exactly `resources` among the synced types."""
