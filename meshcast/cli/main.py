@@ -461,6 +461,8 @@ def ingress_group() -> None:
 @click.option("--admin-addr", default="127.0.0.1:9902", show_default=True, help="Address of /ready, /metrics, /config.")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/meshcast/ingress"),
               show_default=True, help="Where the last routing table is kept.")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CA to verify an https zone control plane.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def ingress_run(cp_url: str, log_level: str, **options: Any) -> None:
     """Run a zone ingress until SIGTERM or SIGINT."""

@@ -83,12 +83,17 @@ class IngressRoutes:
         return sum(len(services) for services in self.table.values())
 
 
-async def follow_control_plane(routes: IngressRoutes, cp: str, token: str, advertise: str) -> None:
-    """Long-poll the zone CP forever; raise click.ClickException when it refuses the token."""
+async def follow_control_plane(routes: IngressRoutes, cp: str, token: str, advertise: str,
+                               ca_file: Path | None = None) -> None:
+    """Long-poll the zone CP forever (verifying an https CP with `ca_file`, else the system's CAs); raise
+    click.ClickException when it refuses the token."""
+    import ssl
+
     import httpx
 
     backoff = 0.1
-    async with httpx.AsyncClient(timeout=POLL_TIMEOUT) as client:
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+    async with httpx.AsyncClient(timeout=POLL_TIMEOUT, verify=verify) as client:
         while True:
             params: dict[str, Any] = {"advertise": advertise}
             if routes.generation is not None:
@@ -184,7 +189,7 @@ def ingress_registry(statistics: Callable[[], IngressStatistics]) -> Any:
 
 
 def run_ingress(*, cp: str, token_file: Path, addr: str, advertise_addr: str | None, admin_addr: str,
-                state_dir: Path) -> None:
+                state_dir: Path, ca_file: Path | None = None) -> None:
     from dataplane.admin import serve_http
     from dataplane.ingress.router import IngressServer, resolve_service_sni
     from meshcast.wire.leanio import listen_tcp
@@ -212,7 +217,7 @@ def run_ingress(*, cp: str, token_file: Path, addr: str, advertise_addr: str | N
                 admin = listen_tcp(admin_host, admin_port)
                 registry = ingress_registry(server.statistics)
                 await nursery.start(serve_http, _admin_handler(routes, server, registry), admin)
-                nursery.start_soon(follow_control_plane, routes, cp.rstrip("/"), token, advertise)
+                nursery.start_soon(follow_control_plane, routes, cp.rstrip("/"), token, advertise, ca_file)
                 gc.freeze()
                 click.echo(f"zone ingress on {host}:{server.port} (advertised as {advertise}), admin on "
                            f"{admin_host}:{admin.getsockname()[1]}", err=True)
