@@ -15,6 +15,9 @@ TEST_PACKAGES := nghttp2-client bird2
 # Only `make bench` needs these: load generators and the reference proxies the sidecars are measured against.
 BENCH_PACKAGES := wrk nghttp2-client haproxy nginx-light
 PYTEST_ARGS ?=
+# Test files run on this many workers, each file whole on one (its module fixtures set up once). The integration
+# tests spend most of their time waiting on real processes, so two workers halve the suite on two cores.
+TEST_JOBS ?= 2
 
 .PHONY: demo test lint unit bench deps clean
 
@@ -23,7 +26,7 @@ demo: deps $(STAMP)
 
 test: deps $(STAMP) lint
 	@$(MAKE) --no-print-directory DEB_PACKAGES="$(TEST_PACKAGES)" deps
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
