@@ -95,37 +95,37 @@ def run_dataplane(
                 click.echo(f"dataplane {mesh}/{name}: admin on {admin_host}:{admin_sock.getsockname()[1]}, "
                            "waiting for a config", err=True)
 
-                async def stop_while_waiting(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-                    # Until the first config, a signal stops the process at once (nothing to drain): a sidecar
-                    # whose token is refused keeps retrying and must still obey SIGTERM.
-                    with trio.CancelScope() as scope:
-                        task_status.started(scope)
-                        async for signum in signals:
+                started = False
+
+                async def on_signals() -> None:
+                    # Read from the start: a signal before the first config (a refused token keeps the sidecar
+                    # retrying) stops the process at once, one after it drains first.
+                    async for signum in signals:
+                        if not started:
                             log.info("%s before the first config: stopping", signal.Signals(signum).name)
                             nursery.cancel_scope.cancel()
                             return
+                        log.info("%s: draining (up to %.0fs)", signal.Signals(signum).name, drain_timeout)
+                        for proc in spawned:
+                            proc.send_signal(signal.SIGTERM)
+                        clean = await sidecar.drain(drain_timeout)
+                        if not clean:
+                            log.warning("%d connection(s) still open after the drain timeout", sidecar.in_flight)
+                        with trio.move_on_after(2):
+                            try:
+                                await sidecar.agent.client.deregister(mesh, name)
+                            except Exception as exc:
+                                log.info("could not deregister: %s", exc)
+                        nursery.cancel_scope.cancel()
+                        return
 
-                waiting = await nursery.start(stop_while_waiting)
+                nursery.start_soon(on_signals)
                 await nursery.start(sidecar.run)
-                waiting.cancel()
+                started = True
                 if workers > 1:  # they follow the state this process saved before it became ready
                     spawned.extend(_spawn_workers(workers - 1, sys.argv[1:]))
                 click.echo(f"dataplane {mesh}/{name} ready (config {sidecar.agent.version}, "
                            f"{workers} worker process(es))", err=True)
-                async for signum in signals:
-                    log.info("%s: draining (up to %.0fs)", signal.Signals(signum).name, drain_timeout)
-                    for proc in spawned:
-                        proc.send_signal(signal.SIGTERM)
-                    clean = await sidecar.drain(drain_timeout)
-                    if not clean:
-                        log.warning("%d connection(s) still open after the drain timeout", sidecar.in_flight)
-                    with trio.move_on_after(2):
-                        try:
-                            await sidecar.agent.client.deregister(mesh, name)
-                        except Exception as exc:
-                            log.info("could not deregister: %s", exc)
-                    nursery.cancel_scope.cancel()
-                    break
 
     try:
         trio.run(main)

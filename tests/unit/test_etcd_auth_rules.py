@@ -112,5 +112,5 @@ async def test_arguments_are_checked_before_any_call() -> None:
         await ensure_user("http://127.0.0.1:1", "root", "pw", "root", "secret", read_prefixes=[], write_prefixes=[])
     with pytest.raises(ValueError, match="cannot manage itself"):
         await ensure_user("http://127.0.0.1:1", "admin", "pw", "admin", "x", read_prefixes=[], write_prefixes=[])
-    with pytest.raises(ValueError, match="only http:// is supported"):
+    with pytest.raises(ValueError, match="https:// etcd endpoints need the CA"):
         await ensure_zone_user("https://127.0.0.1:1", "root", "pw", "eu", "secret")
