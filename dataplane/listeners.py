@@ -59,6 +59,7 @@ class ListenerSet:
         self._connections = connections
         self._running: dict[ListenerSpec, tuple[trio.CancelScope, socket.socket]] = {}
         self.errors: dict[ListenerSpec, str] = {}
+        self._reconciling = trio.Lock()
 
     def wanted(self, config: ProxyConfig) -> set[ListenerSpec]:
         specs = {ListenerSpec.of_inbound(config, i) for i in config.inbound}
@@ -70,9 +71,17 @@ class ListenerSet:
         return specs | {ListenerSpec.of_outbound(o) for o in config.outbound}
 
     async def reconcile(self, config: ProxyConfig, nursery: trio.Nursery) -> None:
+        # One reconcile at a time: two interleaved ones (the start-up one and a config change) would both try to
+        # bind a listener the other has just bound, and file the second attempt as an error.
+        async with self._reconciling:
+            await self._reconcile(config, nursery)
+
+    async def _reconcile(self, config: ProxyConfig, nursery: trio.Nursery) -> None:
         wanted = self.wanted(config)
         for spec in [s for s in self._running if s not in wanted]:
             self.stop(spec)
+        for spec in [s for s in self.errors if s not in wanted]:
+            del self.errors[spec]
         for spec in sorted(wanted - set(self._running), key=lambda s: (s.direction, s.port)):
             try:
                 sock = bind(spec.address, spec.port, reuse_port=self._reuse_port)

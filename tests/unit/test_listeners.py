@@ -43,3 +43,19 @@ async def test_a_held_port_is_reported_and_bound_once_free() -> None:
         await stream.aclose()
         listeners.stop_all()
         assert not listeners.all_bound(wanted)
+
+
+async def test_concurrent_reconciles_bind_each_listener_once() -> None:
+    """The start-up reconcile and one for a config change may overlap: neither files the other's bind as an error
+    (which left a sidecar unready for good)."""
+    async def handler(stream: LeanSocketStream) -> None:
+        await stream.aclose()
+
+    wanted = config(free_port(), free_port(), free_port())
+    async with trio.open_nursery() as nursery:
+        listeners = ListenerSet(lambda spec: handler, nursery)
+        async with trio.open_nursery() as both:
+            both.start_soon(listeners.reconcile, wanted, nursery)
+            both.start_soon(listeners.reconcile, wanted, nursery)
+        assert listeners.all_bound(wanted) and not listeners.errors
+        listeners.stop_all()
