@@ -607,7 +607,7 @@ def render_global(v: Mapping[str, Any]) -> Rendered:
     venv = v.get("meshcast_venv", "/opt/meshcast/venv")
     root_dir, log_level = v.get("root_dir", ""), v.get("log_level", "info")
     timers = _merge_defaults(v.get("etcd_timers", {}), {"heartbeat_ms": 100, "election_ms": 1000})
-    cp = _merge_defaults(v["global_cp"], {"api_port": 5681, "etcd_proxy_port": 23790})
+    cp = _merge_defaults(v["global_cp"], {"api_port": 5681})
     members = [_merge_defaults(m, {"client_port": 2379, "peer_port": 2380, "metrics_port": 2381})
                for m in v["etcd_members"]]
     tls, keys = v.get("etcd_tls"), v.get("etcd_tls_keys") or {}
@@ -619,9 +619,11 @@ def render_global(v: Mapping[str, Any]) -> Rendered:
     cr = root[cp["name"]]
     client_urls = [f"{scheme}://{m['address']}:{m['client_port']}" for m in members]
     initial_cluster = ",".join(f"{m['name']}={scheme}://{m['address']}:{m['peer_port']}" for m in members)
-    cp_etcd = f"http://127.0.0.1:{cp['etcd_proxy_port']}" if tls else ",".join(client_urls)
+    cp_etcd = ",".join(client_urls)
     cp_url = f"http://127.0.0.1:{cp['api_port']}"
-    proxy_units = ["meshcast-etcd-proxy.service"] if tls else []
+    client_dir = f"{cr}/etc/meshcast/etcd-client"
+    client_tls = {"tls": tls is not None, "ca_file": f"{client_dir}/ca.crt", "cert_file": f"{client_dir}/client.crt",
+                  "key_file": f"{client_dir}/client.key"}
     resource_files = [f"{cr}/etc/meshcast/resources/{i:02d}.yaml" for i in range(len(resources))]
 
     for m in members:
@@ -650,16 +652,18 @@ def render_global(v: Mapping[str, Any]) -> Rendered:
 
     files = {
         f"{cr}/etc/meshcast/global-cp.yaml": out.render("global-cp.yaml", {
-            "etcd_endpoints": cp_etcd, "api_addr": f"127.0.0.1:{cp['api_port']}",
+            "etcd_endpoints": cp_etcd, "tls": tls is not None, "etcd_ca_file": client_tls["ca_file"],
+            "etcd_cert_file": client_tls["cert_file"], "etcd_key_file": client_tls["key_file"],
+            "api_addr": f"127.0.0.1:{cp['api_port']}",
             "state_dir": f"{cr}/var/lib/meshcast/global", "log_level": log_level}),
         f"{cr}/etc/systemd/system/meshcast-global-cp.service": out.render("meshcast-global-cp.service", {
-            "after": [*proxy_units, "meshcast-etcd-bootstrap.service"], "env_file": f"{cr}/etc/meshcast/global-cp.env",
+            "after": ["meshcast-etcd-bootstrap.service"], "env_file": f"{cr}/etc/meshcast/global-cp.env",
             "meshcast": meshcast, "config_file": f"{cr}/etc/meshcast/global-cp.yaml"}),
         f"{cr}/usr/local/lib/meshcast/etcd-bootstrap.py": out.render("etcd-bootstrap.py", {}),
         f"{cr}/etc/systemd/system/meshcast-etcd-bootstrap.service": out.render("meshcast-etcd-bootstrap.service", {
-            "cluster": "the global etcd", "after": proxy_units, "env_file": f"{cr}/etc/meshcast/global-cp.env",
+            "cluster": "the global etcd", "after": [], "env_file": f"{cr}/etc/meshcast/global-cp.env",
             "python": python, "script": f"{cr}/usr/local/lib/meshcast/etcd-bootstrap.py", "endpoints": cp_etcd,
-            "users_file": f"{cr}/etc/meshcast/etcd-users.json"}),
+            **client_tls, "users_file": f"{cr}/etc/meshcast/etcd-users.json"}),
     }
     secrets = {
         f"{cr}/etc/meshcast/global-cp.env": (out.render("env", {
@@ -667,13 +671,9 @@ def render_global(v: Mapping[str, Any]) -> Rendered:
         f"{cr}/etc/meshcast/etcd-users.json": (jsonencode(v["zone_etcd_passwords"]), "root:meshcast", "0640"),
     }
     if tls:
-        files[f"{cr}/etc/systemd/system/meshcast-etcd-proxy.service"] = out.render("meshcast-etcd-proxy.service", {
-            "endpoints": ",".join(client_urls), "listen_addr": f"127.0.0.1:{cp['etcd_proxy_port']}",
-            "ca_file": f"{cr}/etc/meshcast/etcd-proxy/ca.crt", "cert_file": f"{cr}/etc/meshcast/etcd-proxy/client.crt",
-            "key_file": f"{cr}/etc/meshcast/etcd-proxy/client.key", "data_dir": f"{cr}/var/lib/meshcast/etcd-proxy"})
-        files[f"{cr}/etc/meshcast/etcd-proxy/ca.crt"] = tls["ca_cert"]
-        files[f"{cr}/etc/meshcast/etcd-proxy/client.crt"] = tls["client_cert"]
-        secrets[f"{cr}/etc/meshcast/etcd-proxy/client.key"] = (keys["client"], "root:etcd", "0640")
+        files[f"{client_dir}/ca.crt"] = tls["ca_cert"]
+        files[f"{client_dir}/client.crt"] = tls["client_cert"]
+        secrets[f"{client_dir}/client.key"] = (keys["client"], "root:meshcast", "0640")
     if resources:
         files[f"{cr}/etc/systemd/system/meshcast-apply.service"] = out.render("meshcast-apply.service", {
             "meshcast": meshcast, "cp_url": cp_url, "resource_files": resource_files})
@@ -683,9 +683,9 @@ def render_global(v: Mapping[str, Any]) -> Rendered:
     member_names = {m["name"] for m in members}
     for n in nodes:
         out.units[n] = (["meshcast-etcd.service"] if n in member_names else []) + (
-            [*proxy_units, "meshcast-etcd-bootstrap.service", "meshcast-global-cp.service",
+            ["meshcast-etcd-bootstrap.service", "meshcast-global-cp.service",
              *(["meshcast-apply.service"] if resources else [])] if n == cp["name"] else [])
-        out.packages[n] = (["etcd-server"] if n in member_names or (n == cp["name"] and tls) else []) + (
+        out.packages[n] = (["etcd-server"] if n in member_names else []) + (
             ["python3-venv"] if n == cp["name"] else [])
     out.finish(nodes, venv, v["meshcast_package"], None)
     out.extra.update(etcd_endpoints=client_urls, global_cp_url=cp_url)
@@ -693,7 +693,7 @@ def render_global(v: Mapping[str, Any]) -> Rendered:
 
 
 _ZONE_CP = {"listen_address": "0.0.0.0", "api_port": 5681, "dp_port": 5678, "etcd_client_port": 2379,
-            "etcd_peer_port": 2380, "etcd_metrics_port": 2381, "etcd_proxy_port": 23790}
+            "etcd_peer_port": 2380, "etcd_metrics_port": 2381}
 _INGRESS = {"listen_address": "0.0.0.0", "port": 10001, "admin_port": 9902}
 _GATEWAY_NODE = {"admin_port": 9901, "router_id": None, "bgp_local_address": None}
 _GATEWAY = {"http_port": 80, "https_port": 443, "drain_timeout": 30, "withdraw_delay": 2, "certificates": []}
@@ -729,15 +729,16 @@ def render_region(v: Mapping[str, Any]) -> Rendered:
     root = {n: _root(root_dir, n) for n in nodes}
     cr = root[cp["name"]]
     zone_etcd, zone_peer = f"http://127.0.0.1:{cp['etcd_client_port']}", f"http://127.0.0.1:{cp['etcd_peer_port']}"
-    global_etcd = (f"http://127.0.0.1:{cp['etcd_proxy_port']}" if global_tls
-                   else ",".join(v["global_etcd_endpoints"]))
-    cp_after = (["meshcast-etcd.service", "meshcast-etcd-bootstrap.service"] if etcd_store else []) + (
-        ["meshcast-etcd-proxy.service"] if global_tls else [])
+    global_etcd = ",".join(v["global_etcd_endpoints"])
+    global_dir = f"{cr}/etc/meshcast/global-etcd"
+    cp_after = ["meshcast-etcd.service", "meshcast-etcd-bootstrap.service"] if etcd_store else []
 
     # the zone control plane
     files = {
         f"{cr}/etc/meshcast/zone-cp.yaml": out.render("zone-cp.yaml", {
             "zone": zone, "etcd_store": etcd_store, "etcd_endpoints": zone_etcd, "global_etcd": global_etcd,
+            "global_tls": global_tls is not None, "global_etcd_ca_file": f"{global_dir}/ca.crt",
+            "global_etcd_cert_file": f"{global_dir}/client.crt", "global_etcd_key_file": f"{global_dir}/client.key",
             "global_etcd_user": f"meshcast-zone-{zone}", "api_addr": f"{cp['listen_address']}:{cp['api_port']}",
             "dp_addr": f"{cp['listen_address']}:{cp['dp_port']}", "state_dir": f"{cr}/var/lib/meshcast/zone",
             "tls": cp_tls is not None, "tls_cert": f"{cr}/etc/meshcast/cp/tls.crt",
@@ -761,6 +762,7 @@ def render_region(v: Mapping[str, Any]) -> Rendered:
                 "cluster": "the zone's etcd", "after": ["meshcast-etcd.service"],
                 "env_file": f"{cr}/etc/meshcast/zone-cp.env", "python": python,
                 "script": f"{cr}/usr/local/lib/meshcast/etcd-bootstrap.py", "endpoints": zone_etcd,
+                "tls": False, "ca_file": "", "cert_file": "", "key_file": "",
                 "users_file": f"{cr}/etc/meshcast/etcd-users.json"}),
             f"{cr}/etc/meshcast/etcd-users.json": "{}\n",
         })
@@ -769,13 +771,9 @@ def render_region(v: Mapping[str, Any]) -> Rendered:
         env["MESHCAST_ETCD_PASSWORD"] = v.get("zone_etcd_root_password") or ""
     secrets = {f"{cr}/etc/meshcast/zone-cp.env": (out.render("env", {"variables": env}), "root:root", "0600")}
     if global_tls:
-        files[f"{cr}/etc/systemd/system/meshcast-etcd-proxy.service"] = out.render("meshcast-etcd-proxy.service", {
-            "endpoints": ",".join(v["global_etcd_endpoints"]), "listen_addr": f"127.0.0.1:{cp['etcd_proxy_port']}",
-            "ca_file": f"{cr}/etc/meshcast/etcd-proxy/ca.crt", "cert_file": f"{cr}/etc/meshcast/etcd-proxy/client.crt",
-            "key_file": f"{cr}/etc/meshcast/etcd-proxy/client.key", "data_dir": f"{cr}/var/lib/meshcast/etcd-proxy"})
-        files[f"{cr}/etc/meshcast/etcd-proxy/ca.crt"] = global_tls["ca_cert"]
-        files[f"{cr}/etc/meshcast/etcd-proxy/client.crt"] = global_tls["client_cert"]
-        secrets[f"{cr}/etc/meshcast/etcd-proxy/client.key"] = (v["global_etcd_client_key"], "root:etcd", "0640")
+        files[f"{global_dir}/ca.crt"] = global_tls["ca_cert"]
+        files[f"{global_dir}/client.crt"] = global_tls["client_cert"]
+        secrets[f"{global_dir}/client.key"] = (v["global_etcd_client_key"], "root:meshcast", "0640")
     if cp_tls:
         files[f"{cr}/etc/meshcast/cp/tls.crt"] = cp_tls["cert"]
         secrets[f"{cr}/etc/meshcast/cp/tls.key"] = (v["cp_tls_key"], "root:meshcast", "0640")
@@ -789,14 +787,14 @@ def render_region(v: Mapping[str, Any]) -> Rendered:
         r = root[i["name"]]
         out.add(i["name"], {
             f"{r}/etc/meshcast/ingress.yaml": out.render("ingress.yaml", {
-                "cp_url": cp_url, "token_file": f"{r}/etc/meshcast/tokens/ingress.token",
+                "cp_url": cp_url, "cp_tls": cp_tls is not None, "cp_ca_file": f"{r}/etc/meshcast/cp/ca.crt",
+                "token_file": f"{r}/etc/meshcast/tokens/ingress.token",
                 "addr": f"{i['listen_address']}:{i['port']}", "advertise_addr": f"{i['address']}:{i['port']}",
                 "admin_addr": f"127.0.0.1:{i['admin_port']}", "state_dir": f"{r}/var/lib/meshcast/ingress",
                 "log_level": log_level}),
             f"{r}/etc/systemd/system/meshcast-ingress.service": out.render("meshcast-ingress.service", {
                 "meshcast": meshcast, "config_file": f"{r}/etc/meshcast/ingress.yaml",
-                "token_file": f"{r}/etc/meshcast/tokens/ingress.token", "cp_tls": cp_tls is not None,
-                "cp_ca_file": f"{r}/etc/meshcast/cp/ca.crt"}),
+                "token_file": f"{r}/etc/meshcast/tokens/ingress.token"}),
         })
 
     # edge gateways
@@ -887,6 +885,14 @@ def render_region(v: Mapping[str, Any]) -> Rendered:
             "python3-venv"]
     out.finish(nodes, venv, v["meshcast_package"], {n: f"{root[n]}/etc/meshcast/tokens" for n in nodes})
     out.extra.update(cp_url=cp_url, mesh_gateway=mesh_gateway if gateways else None, bgp_region_files=bgp_files)
+    out.extra["tokens"] = {n: [
+        *([{"path": f"{root[n]}/etc/meshcast/tokens/ingress.token", "kind": "ingress", "services": []}]
+          if n in ingress_names else []),
+        *([{"path": f"{root[n]}/etc/meshcast/tokens/gateway.token", "kind": "dataplane", "services": [gw["name"]]}]
+          if n in gateway_names else []),
+        *({"path": f"{root[n]}/etc/meshcast/tokens/{i['name']}.token", "kind": "dataplane",
+           "services": [i["service"]]} for h in hosts if h["name"] == n for i in h["instances"]),
+    ] for n in nodes}
     return out
 
 
@@ -898,19 +904,21 @@ def _ceil(value: float) -> int:
 
 # The local example's `ports` defaults (terraform/examples/local/variables.tf; a test keeps the two equal).
 LOCAL_PORTS: dict[str, int] = {
-    "global_cp_api": 25681, "global_cp_etcd_proxy": 25690,
+    "global_cp_api": 25681,
     "etcd_1_client": 25701, "etcd_1_peer": 25702, "etcd_1_metrics": 25703,
     "etcd_2_client": 25711, "etcd_2_peer": 25712, "etcd_2_metrics": 25713,
     "etcd_3_client": 25721, "etcd_3_peer": 25722, "etcd_3_metrics": 25723,
     "eu_cp_api": 25801, "eu_cp_dp": 25802, "eu_cp_etcd_client": 25803, "eu_cp_etcd_peer": 25804,
-    "eu_cp_etcd_metrics": 25805, "eu_cp_etcd_proxy": 25806, "eu_ingress": 25811, "eu_ingress_admin": 25812,
+    "eu_cp_etcd_metrics": 25805, "eu_ingress": 25811, "eu_ingress_admin": 25812,
     "eu_gateway_admin": 25821, "eu_gateway_http": 25822, "eu_gateway_https": 25823,
     "eu_web_1": 25831, "eu_web_1_app": 25832, "eu_web_1_admin": 25833, "eu_web_1_backend": 25834,
+    "eu_web_1_api": 25835,
     "eu_backend_1": 25841, "eu_backend_1_app": 25842, "eu_backend_1_admin": 25843,
     "us_cp_api": 25901, "us_cp_dp": 25902, "us_cp_etcd_client": 25903, "us_cp_etcd_peer": 25904,
-    "us_cp_etcd_metrics": 25905, "us_cp_etcd_proxy": 25906, "us_ingress": 25911, "us_ingress_admin": 25912,
+    "us_cp_etcd_metrics": 25905, "us_ingress": 25911, "us_ingress_admin": 25912,
     "us_gateway_admin": 25921, "us_gateway_http": 25922, "us_gateway_https": 25923,
     "us_backend_1": 25941, "us_backend_1_app": 25942, "us_backend_1_admin": 25943,
+    "us_api_1": 25951, "us_api_1_app": 25952, "us_api_1_admin": 25953,
 }
 
 
@@ -944,8 +952,7 @@ def local_example_vars(output_dir: Path | str, ports: Mapping[str, int] | None =
                 "peer_port": p[f"etcd_{n}_peer"], "metrics_port": p[f"etcd_{n}_metrics"]} for n in (1, 2, 3)]
     global_vars: dict[str, Any] = {
         "meshcast_package": "meshcast==0.1.0", "meshcast_venv": meshcast_venv, "root_dir": root,
-        "global_cp": {"name": "global-cp", "address": "127.0.0.2", "api_port": p["global_cp_api"],
-                      "etcd_proxy_port": p["global_cp_etcd_proxy"]},
+        "global_cp": {"name": "global-cp", "address": "127.0.0.2", "api_port": p["global_cp_api"]},
         "etcd_members": members,
         "etcd_tls": None if tls is None else {
             "ca_cert": pem("ca.crt"), "member_certs": {m["name"]: pem(f"{m['name']}.crt") for m in members},
@@ -961,9 +968,11 @@ def local_example_vars(output_dir: Path | str, ports: Mapping[str, int] | None =
                 "admin_port": p[f"{key}_admin"], "tags": {"version": "v1"}, "outbound": outbound}
 
     instances = {
-        "eu": [instance("eu-web-1", "web", "eu_web_1", [{"port": p["eu_web_1_backend"], "service": "backend"}]),
+        "eu": [instance("eu-web-1", "web", "eu_web_1", [{"port": p["eu_web_1_backend"], "service": "backend"},
+                                                        {"port": p["eu_web_1_api"], "service": "api"}]),
                instance("eu-backend-1", "backend", "eu_backend_1", [])],
-        "us": [instance("us-backend-1", "backend", "us_backend_1", [])],
+        "us": [instance("us-backend-1", "backend", "us_backend_1", []),
+               instance("us-api-1", "api", "us_api_1", [])],
     }
     regions: dict[str, dict[str, Any]] = {}
     for region, net in (("eu", 1), ("us", 2)):
@@ -977,8 +986,7 @@ def local_example_vars(output_dir: Path | str, ports: Mapping[str, int] | None =
                         "api_port": p[f"{region}_cp_api"], "dp_port": p[f"{region}_cp_dp"],
                         "etcd_client_port": p[f"{region}_cp_etcd_client"],
                         "etcd_peer_port": p[f"{region}_cp_etcd_peer"],
-                        "etcd_metrics_port": p[f"{region}_cp_etcd_metrics"],
-                        "etcd_proxy_port": p[f"{region}_cp_etcd_proxy"]},
+                        "etcd_metrics_port": p[f"{region}_cp_etcd_metrics"]},
             "zone_store": "etcd", "zone_etcd_root_password": pw.zone_etcd_roots[region],
             "global_etcd_password": pw.zones[region],
             "global_etcd_tls": None if tls is None else {"ca_cert": pem("ca.crt"),
@@ -1036,9 +1044,9 @@ def make_local_tls(directory: Path, *, members: Sequence[tuple[str, str]] = (
         zone_cps: Sequence[tuple[str, str]] = (("eu", "127.0.0.11"), ("us", "127.0.0.21")),
         valid_for: float = 86400.0) -> Path:
     """Write the local example's tls_dir: ca.crt, <member>.crt/.key (server and client auth, SANs its address and
-    127.0.0.1),
-    global-cp-etcd-client and <region>-etcd-client .crt/.key (client auth, no common name: etcd's gRPC proxy
-    refuses one), <region>-cp.crt/.key (SANs the zone control plane's address, 127.0.0.1 and localhost). EC P-256."""
+    127.0.0.1), global-cp-etcd-client and <region>-etcd-client .crt/.key (client auth, no common name: etcd would
+    take it as the user of requests without a token), <region>-cp.crt/.key (SANs the zone control plane's address,
+    127.0.0.1 and localhost). EC P-256."""
     import datetime
     import ipaddress
 

@@ -511,9 +511,21 @@ def test_config_files_are_accepted_by_their_commands(deployment: Deployment) -> 
 def test_config_files_say_what_the_units_and_the_deployment_need(deployment: Deployment) -> None:
     for path, (group, _) in config_files(deployment):
         config = yaml.safe_load(Path(path).read_text())
-        for key in ("state-dir", "token-file", "dataplane-file", "ca-file", "tls-cert", "tls-key"):
+        for key in ("state-dir", "token-file", "dataplane-file", "ca-file", "tls-cert", "tls-key", "etcd-ca-file",
+                    "etcd-cert-file", "etcd-key-file", "global-etcd-ca-file", "global-etcd-cert-file",
+                    "global-etcd-key-file"):
             if key in config:
                 assert config[key].startswith(str(deployment.root)), (path, key)
+        # Every https peer comes with the CA that verifies it (and etcd's with a client certificate): no process
+        # relies on the system's trust store or on SSL_CERT_FILE.
+        if config.get("cp", "").startswith("https://"):
+            assert "ca-file" in config, path
+        for prefix, endpoints in (("etcd-", config.get("etcd-endpoints", "")),
+                                  ("global-etcd-", config.get("global-etcd", ""))):
+            secure = "https://" in endpoints
+            assert all(u.startswith("https://" if secure else "http://") for u in endpoints.split(",") if u), path
+            for key in ("ca-file", "cert-file", "key-file"):
+                assert (prefix + key in config) == secure, (path, prefix + key)
         if group == "zone-cp":
             assert config["global-etcd-user"] == f"meshcast-zone-{config['zone']}"
             assert "etcd-password" not in config and "global-etcd-password" not in config  # in the env file
@@ -741,7 +753,7 @@ def test_units_are_hardened_and_stop_after_their_drain(tmp_path: Path) -> None:
     made = production_deployment(tmp_path / "nodes")
     units = {Path(p).name: unit_settings(t) for r in made.all for f in r.files.values() for p, t in f.items()
              if "/etc/systemd/system/meshcast" in p}
-    assert len(units) == 11
+    assert len(units) == 10
     for name, s in units.items():
         for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "ProtectKernelTunables", "RestrictNamespaces",
                     "LockPersonality", "RestrictSUIDSGID"):
@@ -766,7 +778,7 @@ def test_units_are_hardened_and_stop_after_their_drain(tmp_path: Path) -> None:
                                   if "/dataplanes/" in p and not p.endswith(".dataplane.yaml")))
     assert int(units["meshcast-sidecar@.service"]["TimeoutStopSec"][0]) >= sidecar["drain-timeout"] + 10
     zone_cp = units["meshcast-zone-cp.service"]
-    for after in ("meshcast-etcd.service", "meshcast-etcd-bootstrap.service", "meshcast-etcd-proxy.service"):
+    for after in ("meshcast-etcd.service", "meshcast-etcd-bootstrap.service"):
         assert after in zone_cp["After"][0] and after in zone_cp["Wants"][0]
 
 

@@ -26,7 +26,6 @@ locals {
         etcd_client_port  = local.p.eu_cp_etcd_client
         etcd_peer_port    = local.p.eu_cp_etcd_peer
         etcd_metrics_port = local.p.eu_cp_etcd_metrics
-        etcd_proxy_port   = local.p.eu_cp_etcd_proxy
       }
       ingresses = [{
         name           = "eu-ingress"
@@ -53,7 +52,11 @@ locals {
             app_port   = local.p.eu_web_1_app
             admin_port = local.p.eu_web_1_admin
             tags       = { version = "v1" }
-            outbound   = [{ port = local.p.eu_web_1_backend, service = "backend" }]
+            # backend runs in both regions (calls stay in eu), api only in us (calls cross to us's ingress).
+            outbound = [
+              { port = local.p.eu_web_1_backend, service = "backend" },
+              { port = local.p.eu_web_1_api, service = "api" },
+            ]
           },
           {
             name       = "eu-backend-1"
@@ -77,7 +80,6 @@ locals {
         etcd_client_port  = local.p.us_cp_etcd_client
         etcd_peer_port    = local.p.us_cp_etcd_peer
         etcd_metrics_port = local.p.us_cp_etcd_metrics
-        etcd_proxy_port   = local.p.us_cp_etcd_proxy
       }
       ingresses = [{
         name           = "us-ingress"
@@ -106,6 +108,15 @@ locals {
             tags       = { version = "v1" }
             outbound   = []
           },
+          {
+            name       = "us-api-1"
+            service    = "api"
+            port       = local.p.us_api_1
+            app_port   = local.p.us_api_1_app
+            admin_port = local.p.us_api_1_admin
+            tags       = { version = "v1" }
+            outbound   = []
+          },
         ]
       }]
     }
@@ -118,7 +129,7 @@ module "global" {
   meshcast_package = var.meshcast_package
   meshcast_venv    = var.meshcast_venv
   root_dir         = local.root
-  global_cp        = { name = "global-cp", address = "127.0.0.2", api_port = local.p.global_cp_api, etcd_proxy_port = local.p.global_cp_etcd_proxy }
+  global_cp        = { name = "global-cp", address = "127.0.0.2", api_port = local.p.global_cp_api }
   etcd_members     = local.etcd_members
   etcd_tls         = local.tls ? {
     ca_cert      = file("${var.tls_dir}/ca.crt")

@@ -76,8 +76,8 @@ resource "tls_self_signed_cert" "ca" {
 }
 
 locals {
-  # name => subject common name (null: none, as etcd's gRPC proxy requires of its client certificate), IP SANs,
-  # DNS SANs, extended key usages.
+  # name => subject common name (null: none for etcd clients, else etcd would take it as the user of requests
+  # without a token; they log in with a password), IP SANs, DNS SANs, extended key usages.
   certificates = merge(
     { for m in local.etcd_members : m => { cn = m, ips = [local.address[m]], dns = [], uses = ["server_auth", "client_auth"] } },
     { for c in concat(["global-cp"], local.region_names) : "${c}-etcd-client" => { cn = null, ips = [], dns = [], uses = ["client_auth"] } },

@@ -5,11 +5,10 @@
 # cloud-init document that writes the files and enables the units. An example turns that into machines
 # (two-regions: Equinix Metal devices with the cloud-init as user data) or into a directory per node (local).
 #
-# etcd: members serve peers and clients on their address, with TLS both ways when etcd_tls is given. Meshcast's
-# etcd client speaks plaintext only, so the global control plane reaches the cluster through a loopback etcd gRPC
-# proxy that holds its client certificate (meshcast-etcd-proxy.service). At first boot a one-shot unit on the
-# control plane's node turns etcd authentication on (user root) and creates each zone's user with Meshcast's own
-# rules (meshcast-etcd-bootstrap.service, running meshcast.store.etcd_auth).
+# etcd: members serve peers and clients on their address, with TLS both ways when etcd_tls is given. The global
+# control plane and the bootstrap dial the members directly (https, with the control plane's client certificate).
+# At first boot a one-shot unit on the control plane's node turns etcd authentication on (user root) and creates
+# each zone's user with Meshcast's own rules (meshcast-etcd-bootstrap.service, running meshcast.store.etcd_auth).
 
 locals {
   templates = "${path.module}/../../templates"
@@ -30,10 +29,10 @@ locals {
 
   client_urls     = [for m in var.etcd_members : "${local.scheme}://${m.address}:${m.client_port}"]
   initial_cluster = join(",", [for m in var.etcd_members : "${m.name}=${local.scheme}://${m.address}:${m.peer_port}"])
-  # What the control plane (and the bootstrap) dial: the loopback proxy with TLS, else the members themselves.
-  cp_etcd_endpoints = local.tls ? "http://127.0.0.1:${local.cp.etcd_proxy_port}" : join(",", local.client_urls)
+  # What the control plane and the bootstrap dial: the members themselves (https and a client certificate with TLS).
+  cp_etcd_endpoints = join(",", local.client_urls)
   cp_url            = "http://127.0.0.1:${local.cp.api_port}"
-  proxy_units       = local.tls ? ["meshcast-etcd-proxy.service"] : []
+  etcd_client_dir   = "${local.cp_root}/etc/meshcast/etcd-client"
   tls_keys          = var.etcd_tls_keys == null ? { members = {}, client = "" } : var.etcd_tls_keys
   resource_files    = [for i, r in var.resources : "${local.cp_root}/etc/meshcast/resources/${format("%02d", i)}.yaml"]
 
@@ -82,12 +81,16 @@ locals {
     {
       "${local.cp_root}/etc/meshcast/global-cp.yaml" = templatefile("${local.templates}/global-cp.yaml.tftpl", {
         etcd_endpoints = local.cp_etcd_endpoints
+        tls            = local.tls
+        etcd_ca_file   = "${local.etcd_client_dir}/ca.crt"
+        etcd_cert_file = "${local.etcd_client_dir}/client.crt"
+        etcd_key_file  = "${local.etcd_client_dir}/client.key"
         api_addr       = "127.0.0.1:${local.cp.api_port}"
         state_dir      = "${local.cp_root}/var/lib/meshcast/global"
         log_level      = var.log_level
       })
       "${local.cp_root}/etc/systemd/system/meshcast-global-cp.service" = templatefile("${local.templates}/meshcast-global-cp.service.tftpl", {
-        after       = concat(local.proxy_units, ["meshcast-etcd-bootstrap.service"])
+        after       = ["meshcast-etcd-bootstrap.service"]
         env_file    = "${local.cp_root}/etc/meshcast/global-cp.env"
         meshcast    = local.meshcast
         config_file = "${local.cp_root}/etc/meshcast/global-cp.yaml"
@@ -95,25 +98,23 @@ locals {
       "${local.cp_root}/usr/local/lib/meshcast/etcd-bootstrap.py"           = templatefile("${local.templates}/etcd-bootstrap.py.tftpl", {})
       "${local.cp_root}/etc/systemd/system/meshcast-etcd-bootstrap.service" = templatefile("${local.templates}/meshcast-etcd-bootstrap.service.tftpl", {
         cluster    = "the global etcd"
-        after      = local.proxy_units
+        after      = []
         env_file   = "${local.cp_root}/etc/meshcast/global-cp.env"
         python     = local.python
         script     = "${local.cp_root}/usr/local/lib/meshcast/etcd-bootstrap.py"
         endpoints  = local.cp_etcd_endpoints
+        tls        = local.tls
+        ca_file    = "${local.etcd_client_dir}/ca.crt"
+        cert_file  = "${local.etcd_client_dir}/client.crt"
+        key_file   = "${local.etcd_client_dir}/client.key"
         users_file = "${local.cp_root}/etc/meshcast/etcd-users.json"
       })
     },
+    # The control plane's (and the bootstrap's) client certificate for the members: no common name, so it admits
+    # the connection only and the process still logs in as its etcd user.
     local.tls ? {
-      "${local.cp_root}/etc/systemd/system/meshcast-etcd-proxy.service" = templatefile("${local.templates}/meshcast-etcd-proxy.service.tftpl", {
-        endpoints   = join(",", local.client_urls)
-        listen_addr = "127.0.0.1:${local.cp.etcd_proxy_port}"
-        ca_file     = "${local.cp_root}/etc/meshcast/etcd-proxy/ca.crt"
-        cert_file   = "${local.cp_root}/etc/meshcast/etcd-proxy/client.crt"
-        key_file    = "${local.cp_root}/etc/meshcast/etcd-proxy/client.key"
-        data_dir    = "${local.cp_root}/var/lib/meshcast/etcd-proxy"
-      })
-      "${local.cp_root}/etc/meshcast/etcd-proxy/ca.crt"     = var.etcd_tls.ca_cert
-      "${local.cp_root}/etc/meshcast/etcd-proxy/client.crt" = var.etcd_tls.client_cert
+      "${local.etcd_client_dir}/ca.crt"     = var.etcd_tls.ca_cert
+      "${local.etcd_client_dir}/client.crt" = var.etcd_tls.client_cert
     } : {},
     length(var.resources) > 0 ? merge(
       {
@@ -139,12 +140,12 @@ locals {
       }
     },
     local.tls ? {
-      "${local.cp_root}/etc/meshcast/etcd-proxy/client.key" = {
-        content = local.tls_keys.client, owner = "root:etcd", mode = "0640"
+      "${local.etcd_client_dir}/client.key" = {
+        content = local.tls_keys.client, owner = "root:meshcast", mode = "0640"
       }
     } : {},
   )
-  cp_units = concat(local.proxy_units, ["meshcast-etcd-bootstrap.service", "meshcast-global-cp.service"],
+  cp_units = concat(["meshcast-etcd-bootstrap.service", "meshcast-global-cp.service"],
   length(var.resources) > 0 ? ["meshcast-apply.service"] : [])
 
   # --- per node -------------------------------------------------------------------------------------------------
@@ -162,8 +163,7 @@ locals {
   }
   packages = {
     for n in local.node_names : n => concat(
-      # etcd-server: the members' etcd, and the etcd binary whose grpc-proxy fronts the cluster.
-      contains(keys(local.members), n) || (n == local.cp.name && local.tls) ? ["etcd-server"] : [],
+      contains(keys(local.members), n) ? ["etcd-server"] : [],
       n == local.cp.name ? ["python3-venv"] : [],
     )
   }

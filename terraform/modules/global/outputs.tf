@@ -59,7 +59,7 @@ output "nodes" {
 }
 
 output "etcd_endpoints" {
-  description = "The members' client URLs (https:// with TLS): what each region module's proxy (or, without TLS, its zone control plane) dials."
+  description = "The members' client URLs (https:// with TLS): what each region module's zone control plane dials (with its own client certificate under TLS)."
   value       = local.client_urls
 }
 

@@ -47,12 +47,11 @@ variable "log_level" {
 
 variable "global_cp" {
   type = object({
-    name            = string
-    address         = string
-    api_port        = optional(number, 5681)
-    etcd_proxy_port = optional(number, 23790)
+    name     = string
+    address  = string
+    api_port = optional(number, 5681)
   })
-  description = "The global control plane's node: its name (a DNS label, also the key of the outputs), its address, the port of its API (served on 127.0.0.1 only: operators use SSH) and of the loopback etcd proxy it uses when the cluster has TLS."
+  description = "The global control plane's node: its name (a DNS label, also the key of the outputs), its address and the port of its API (served on 127.0.0.1 only: operators use SSH)."
 
   validation {
     condition     = can(regex("^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", var.global_cp.name))
@@ -63,9 +62,8 @@ variable "global_cp" {
     error_message = "global_cp.address must be an IPv4 address."
   }
   validation {
-    condition = alltrue([for p in [var.global_cp.api_port, var.global_cp.etcd_proxy_port] :
-    p == floor(p) && p >= 1 && p <= 65535]) && var.global_cp.api_port != var.global_cp.etcd_proxy_port
-    error_message = "global_cp ports must be distinct integers between 1 and 65535."
+    condition     = var.global_cp.api_port == floor(var.global_cp.api_port) && var.global_cp.api_port >= 1 && var.global_cp.api_port <= 65535
+    error_message = "global_cp.api_port must be an integer between 1 and 65535."
   }
 }
 
@@ -140,7 +138,7 @@ variable "etcd_tls" {
     member_certs = map(string)
     client_cert  = string
   })
-  description = "PEM certificates for etcd over TLS: the CA that signs them all, each member's certificate by member name (SANs: the member's address; extended key usages: server and client auth, as members are clients of each other) and the global control plane's client certificate (client auth; no common name: etcd's gRPC proxy refuses one). null: plaintext, allowed only when every node is on loopback."
+  description = "PEM certificates for etcd over TLS: the CA that signs them all, each member's certificate by member name (SANs: the member's address; extended key usages: server and client auth, as members are clients of each other) and the global control plane's client certificate, which it and the etcd bootstrap present to the members (client auth; no common name: etcd would take it as the user of requests without a token). null: plaintext, allowed only when every node is on loopback."
   default     = null
 
   validation {

@@ -2,7 +2,8 @@
 #
 # Roles (a node may hold several; its files are merged):
 # - zone control plane: `meshcast zone-cp run`, with the zone's own single-member etcd beside it on 127.0.0.1
-#   (zone_store = etcd) and, when the global etcd has TLS, the loopback gRPC proxy to it;
+#   (zone_store = etcd); it dials the global etcd's members directly (https and this region's client certificate
+#   when the global etcd has TLS);
 # - zone ingresses: `meshcast ingress run`;
 # - edge gateways: the anycast addresses on lo, `meshcast gateway run` serving the MeshGateway, and the BGP speaker
 #   (`meshcast bgp run`: ExaBGP) announcing the region's prefixes while that gateway is ready;
@@ -33,12 +34,12 @@ locals {
 
   zone_etcd          = "http://127.0.0.1:${local.cp.etcd_client_port}"
   zone_etcd_peer     = "http://127.0.0.1:${local.cp.etcd_peer_port}"
-  global_etcd        = local.global_tls ? "http://127.0.0.1:${local.cp.etcd_proxy_port}" : join(",", var.global_etcd_endpoints)
+  global_etcd        = join(",", var.global_etcd_endpoints)
+  global_etcd_dir    = "${local.cp_root}/etc/meshcast/global-etcd"
   zone_root_password = var.zone_etcd_root_password == null ? "" : var.zone_etcd_root_password
   global_client_key  = var.global_etcd_client_key == null ? "" : var.global_etcd_client_key
   cp_key             = var.cp_tls_key == null ? "" : var.cp_tls_key
-  cp_after           = concat(local.etcd_store ? ["meshcast-etcd.service", "meshcast-etcd-bootstrap.service"] : [],
-  local.global_tls ? ["meshcast-etcd-proxy.service"] : [])
+  cp_after           = local.etcd_store ? ["meshcast-etcd.service", "meshcast-etcd-bootstrap.service"] : []
 
   # --- the zone control plane ---------------------------------------------------------------------------------
   cp_files = merge(
@@ -47,8 +48,12 @@ locals {
         zone             = local.zone
         etcd_store       = local.etcd_store
         etcd_endpoints   = local.zone_etcd
-        global_etcd      = local.global_etcd
-        global_etcd_user = "meshcast-zone-${local.zone}"
+        global_etcd           = local.global_etcd
+        global_tls            = local.global_tls
+        global_etcd_ca_file   = "${local.global_etcd_dir}/ca.crt"
+        global_etcd_cert_file = "${local.global_etcd_dir}/client.crt"
+        global_etcd_key_file  = "${local.global_etcd_dir}/client.key"
+        global_etcd_user      = "meshcast-zone-${local.zone}"
         api_addr         = "${local.cp.listen_address}:${local.cp.api_port}"
         dp_addr          = "${local.cp.listen_address}:${local.cp.dp_port}"
         state_dir        = "${local.cp_root}/var/lib/meshcast/zone"
@@ -95,22 +100,18 @@ locals {
         python     = local.python
         script     = "${local.cp_root}/usr/local/lib/meshcast/etcd-bootstrap.py"
         endpoints  = local.zone_etcd
+        tls        = false
+        ca_file    = ""
+        cert_file  = ""
+        key_file   = ""
         users_file = "${local.cp_root}/etc/meshcast/etcd-users.json"
       })
       # The zone's etcd has only root: its zone control plane.
       "${local.cp_root}/etc/meshcast/etcd-users.json" = "{}\n"
     } : {},
     local.global_tls ? {
-      "${local.cp_root}/etc/systemd/system/meshcast-etcd-proxy.service" = templatefile("${local.templates}/meshcast-etcd-proxy.service.tftpl", {
-        endpoints   = join(",", var.global_etcd_endpoints)
-        listen_addr = "127.0.0.1:${local.cp.etcd_proxy_port}"
-        ca_file     = "${local.cp_root}/etc/meshcast/etcd-proxy/ca.crt"
-        cert_file   = "${local.cp_root}/etc/meshcast/etcd-proxy/client.crt"
-        key_file    = "${local.cp_root}/etc/meshcast/etcd-proxy/client.key"
-        data_dir    = "${local.cp_root}/var/lib/meshcast/etcd-proxy"
-      })
-      "${local.cp_root}/etc/meshcast/etcd-proxy/ca.crt"     = var.global_etcd_tls.ca_cert
-      "${local.cp_root}/etc/meshcast/etcd-proxy/client.crt" = var.global_etcd_tls.client_cert
+      "${local.global_etcd_dir}/ca.crt"     = var.global_etcd_tls.ca_cert
+      "${local.global_etcd_dir}/client.crt" = var.global_etcd_tls.client_cert
     } : {},
     local.cp_tls ? {
       "${local.cp_root}/etc/meshcast/cp/tls.crt" = var.cp_tls.cert
@@ -127,7 +128,7 @@ locals {
       }
     },
     local.global_tls ? {
-      "${local.cp_root}/etc/meshcast/etcd-proxy/client.key" = { content = local.global_client_key, owner = "root:etcd", mode = "0640" }
+      "${local.global_etcd_dir}/client.key" = { content = local.global_client_key, owner = "root:meshcast", mode = "0640" }
     } : {},
     local.cp_tls ? {
       "${local.cp_root}/etc/meshcast/cp/tls.key" = { content = local.cp_key, owner = "root:meshcast", mode = "0640" }
@@ -144,6 +145,8 @@ locals {
     for i in var.ingresses : i.name => {
       "${local.root[i.name]}/etc/meshcast/ingress.yaml" = templatefile("${local.templates}/ingress.yaml.tftpl", {
         cp_url         = local.cp_url
+        cp_tls         = local.cp_tls
+        cp_ca_file     = "${local.root[i.name]}/etc/meshcast/cp/ca.crt"
         token_file     = "${local.root[i.name]}/etc/meshcast/tokens/ingress.token"
         addr           = "${i.listen_address}:${i.port}"
         advertise_addr = "${i.address}:${i.port}"
@@ -155,8 +158,6 @@ locals {
         meshcast    = local.meshcast
         config_file = "${local.root[i.name]}/etc/meshcast/ingress.yaml"
         token_file  = "${local.root[i.name]}/etc/meshcast/tokens/ingress.token"
-        cp_tls      = local.cp_tls
-        cp_ca_file  = "${local.root[i.name]}/etc/meshcast/cp/ca.crt"
       })
     }
   }
@@ -322,8 +323,7 @@ locals {
   }
   packages = {
     for n in local.node_names : n => concat(
-      # etcd-server: the zone's etcd, and the etcd binary whose grpc-proxy fronts the global etcd.
-      n == local.cp.name && (local.etcd_store || local.global_tls) ? ["etcd-server"] : [],
+      n == local.cp.name && local.etcd_store ? ["etcd-server"] : [],
       ["python3-venv"],
     )
   }

@@ -76,9 +76,8 @@ variable "zone_cp" {
     etcd_client_port  = optional(number, 2379)
     etcd_peer_port    = optional(number, 2380)
     etcd_metrics_port = optional(number, 2381)
-    etcd_proxy_port   = optional(number, 23790)
   })
-  description = "The zone control plane's node: name (DNS label), the address sidecars, ingresses and gateways reach it at, the address its API and dataplane server listen on (0.0.0.0: every address, loopback included, so operators can issue tokens on the node), and its ports: API, dataplane server (config streams), the zone's own etcd (client, peer, metrics; on 127.0.0.1) and the loopback proxy to the global etcd."
+  description = "The zone control plane's node: name (DNS label), the address sidecars, ingresses and gateways reach it at, the address its API and dataplane server listen on (0.0.0.0: every address, loopback included, so operators can issue tokens on the node), and its ports: API, dataplane server (config streams), and the zone's own etcd (client, peer, metrics; on 127.0.0.1)."
 
   validation {
     condition     = can(regex("^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", var.zone_cp.name))
@@ -89,8 +88,8 @@ variable "zone_cp" {
     error_message = "zone_cp.address and zone_cp.listen_address must be IPv4 addresses."
   }
   validation {
-    condition = alltrue([for p in [var.zone_cp.api_port, var.zone_cp.dp_port, var.zone_cp.etcd_client_port, var.zone_cp.etcd_peer_port, var.zone_cp.etcd_metrics_port, var.zone_cp.etcd_proxy_port] :
-    p == floor(p) && p >= 1 && p <= 65535]) && length(distinct([var.zone_cp.api_port, var.zone_cp.dp_port, var.zone_cp.etcd_client_port, var.zone_cp.etcd_peer_port, var.zone_cp.etcd_metrics_port, var.zone_cp.etcd_proxy_port])) == 6
+    condition = alltrue([for p in [var.zone_cp.api_port, var.zone_cp.dp_port, var.zone_cp.etcd_client_port, var.zone_cp.etcd_peer_port, var.zone_cp.etcd_metrics_port] :
+    p == floor(p) && p >= 1 && p <= 65535]) && length(distinct([var.zone_cp.api_port, var.zone_cp.dp_port, var.zone_cp.etcd_client_port, var.zone_cp.etcd_peer_port, var.zone_cp.etcd_metrics_port])) == 5
     error_message = "zone_cp ports must be distinct integers between 1 and 65535."
   }
 }
@@ -133,7 +132,7 @@ variable "global_etcd_tls" {
     ca_cert     = string
     client_cert = string
   })
-  description = "With a global etcd over TLS: the CA of its members' certificates and this region's client certificate (client auth, no common name), used by the zone control plane's loopback proxy. null: the zone control plane dials the members in plaintext (loopback only)."
+  description = "With a global etcd over TLS: the CA of its members' certificates and this region's client certificate (client auth; no common name: etcd would take it as the user of requests without a token), which the zone control plane presents to the members, logging in as its zone's user. null: the zone control plane dials the members in plaintext (loopback only)."
   default     = null
 
   validation {
