@@ -41,7 +41,7 @@ from meshcast.policies.resolve import describe_caller
 from meshcast.resources import Resource, Scope, lookup_type, parse_resource
 from meshcast.resources.model import DEFAULT_MESH, ResourceType, Sync
 from meshcast.resources.types import DataplaneSpec, MeshSpec, Mtls, ZoneSpec
-from meshcast.store import ResourceStore, WatchCompacted
+from meshcast.store import MemoryStore, ResourceStore, WatchCompacted
 from meshcast.wire.leanio import listen_tcp
 from zone_cp.config import ZoneCPConfig, split_host_port
 from zone_cp.health import HealthTracker
@@ -50,6 +50,8 @@ from zone_cp.metrics import ZoneMetrics
 
 log = logging.getLogger("meshcast.zone_cp")
 
+RUN_MARKER = "control-plane.started"  # in the state directory: a start finding it is a restart
+RESTART_WARMUP_INTERVALS = 2  # heartbeat intervals a restart on the memory store waits before pushing configs
 INGRESS_TTL = 30.0  # an ingress that has not polled for this long is no longer published (it polls every <= 20 s)
 
 
@@ -120,6 +122,9 @@ class ZoneControlPlane:
         self.global_store: Any = None  # the federation's store (role zone or global)
         self.mirror: Any = None  # GlobalMirror (role zone)
         self.zones: Any = None  # ZoneTracker (role global)
+        # Set once this process knows its zone's dataplanes: configs are pushed and the inventory published only
+        # then (see `_warm_up`).
+        self.warm = trio.Event()
 
     # --- lifetime ---------------------------------------------------------------------------------------------
 
@@ -138,10 +143,12 @@ class ZoneControlPlane:
         if role != "global":
             dp_sock = _bind(self.config.dp_addr, default_port=5678)
             self.dp_port = dp_sock.getsockname()[1]
+        restarted = self._note_start()
         async with contextlib.AsyncExitStack() as stack:
             self.global_store = await stack.enter_async_context(self._open_global_store())
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(self._sync_store)
+            nursery.start_soon(self._warm_up, restarted)
             if dp_sock is not None:
                 nursery.start_soon(self._sweep_health)
                 await nursery.start(DataplaneServer(self, dp_sock, ssl_context=self._server_ssl_context()).run)
@@ -151,6 +158,27 @@ class ZoneControlPlane:
             log.info("%s control plane serving on port %s", "global" if role == "global" else "zone",
                      self.bound_port)
             task_status.started(self.bound_port)
+
+    def _note_start(self) -> bool:
+        """Whether this state directory served a control plane before (then this start is a restart)."""
+        marker = self.config.state_dir / RUN_MARKER
+        restarted = marker.exists()
+        marker.touch()
+        return restarted
+
+    async def _warm_up(self, restarted: bool) -> None:
+        """A control plane restarted on the memory store knows none of its zone's dataplanes until each
+        reconnects. Pushing configs (or publishing the zone's inventory) at once would hand the first sidecars to
+        reconnect endpoint lists without the others: calls would fail over to other zones, or fail, for a moment.
+        So, restarted on the memory store, it waits RESTART_WARMUP_INTERVALS heartbeat intervals (at most half the
+        heartbeat timeout) before its first push; sidecars keep serving their last config meanwhile. On etcd
+        the registrations survive the restart; on a first start there is nothing to wait for."""
+        if restarted and isinstance(self.store, MemoryStore) and self.config.role != "global":
+            wait = min(self.config.heartbeat_timeout / 2, RESTART_WARMUP_INTERVALS * self.config.heartbeat_interval)
+            log.info("restarted on the memory store: waiting %.1fs for dataplanes to reconnect before pushing "
+                     "configs", wait)
+            await trio.sleep(wait)
+        self.warm.set()
 
     @contextlib.asynccontextmanager
     async def _open_global_store(self) -> AsyncIterator[Any]:

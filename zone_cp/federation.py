@@ -220,6 +220,7 @@ class ZonePublisher:
 
     async def _publish_forever(self) -> None:
         """Returns when the lease is lost (a new one is then granted); raises StoreUnavailable."""
+        await self.cp.warm.wait()  # a restarted zone CP publishes its inventory once its sidecars are back
         if self.lease is None:
             await self.store.connect()
             self.lease = await self.store.grant_lease(self.ttl)

@@ -68,6 +68,7 @@ class StreamHandler:
     async def push_forever(self, send: Callable[[bytes], Awaitable[None]]) -> None:
         """Send the sidecar's snapshot whenever it changes; return once the dataplane is no longer registered."""
         cp = self.cp
+        await cp.warm.wait()
         while True:
             generation = cp.inventory.generation
             snapshot = cp.inventory.snapshot_for(self.mesh, self.name)
