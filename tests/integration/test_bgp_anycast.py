@@ -304,6 +304,10 @@ def test_graceful_restart_keeps_the_route_across_an_exabgp_restart(net: Net, eu:
 def test_speaker_restart_keeps_the_route(net: Net, eu: Region, watcher: RouteWatcher) -> None:
     """ExaBGP respawns a dead speaker and keeps its routes; the new speaker re-asserts them: no route change."""
     _start(net, eu)
+    # The route's installation reaches the watcher (`ip monitor`) a moment after the kernel has it; under load that
+    # moment can be long: mark only once the watcher has been quiet for a while, so the installation is not taken
+    # for a change after the kill.
+    wait_until(lambda: watcher.quiet_for(0.5), 10, "the route watcher settled")
     old = eu.speaker.speaker_pid()
     assert old is not None
     since = watcher.mark()

@@ -350,6 +350,12 @@ class RouteWatcher:
         with self._cond:
             return len(self.lines)
 
+    def quiet_for(self, seconds: float) -> bool:
+        """Whether no route change arrives within `seconds` (blocks that long)."""
+        before = self.mark()
+        time.sleep(seconds)
+        return self.mark() == before
+
     def wait_line(self, predicate: Callable[[str], bool], since: int, timeout: float) -> float:
         """The arrival time of the first line after `since` matching `predicate`; fails after `timeout`."""
         deadline = time.monotonic() + timeout
