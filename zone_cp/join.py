@@ -1,9 +1,12 @@
 """A federated zone CP joining the global CP: its zone token buys the etcd credentials of the zone's own user.
 
 The credentials are kept in `<state_dir>/global-credentials.json` (0600), so a zone CP restarted while the global
-CP is unreachable still reaches the global etcd. A token the global CP refuses (forged, expired, another zone's,
-a disabled zone) stops the zone CP with the global CP's one-line reason: it is not retried and no saved
-credentials are used in its place.
+CP is unreachable still reaches the global etcd. A token the global CP refuses (forged, another zone's, a disabled
+zone) stops the zone CP with the global CP's one-line reason: it is not retried and no saved credentials are used
+in its place. An expired token is the exception when credentials were saved by an earlier join: the zone has
+joined already, its etcd user is what grants (or, once an operator removes it, denies) access, and a zone CP that
+could not restart a month after it joined (zone tokens last 720 h by default) would be a time bomb. It starts from
+the saved credentials and says so.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ async def join_global(config: ZoneCPConfig) -> tuple[str | None, str | None]:
                 problem = f"unreachable ({exc!r})"
                 await trio.sleep(0.2 * 2**attempt)
                 continue
+            if response.status_code == 401 and "token expired at" in api_error_message(response) \
+                    and path.exists():
+                problem = f"the zone token has expired ({api_error_message(response)})"
+                break
             if response.status_code in (400, 401, 403):
                 raise MeshcastError(f"the global control plane refused zone {config.zone}'s token: "
                                     f"{api_error_message(response)} (HTTP {response.status_code})")
