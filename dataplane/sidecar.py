@@ -127,7 +127,7 @@ class Sidecar:
         self.mesh_h2: H2Pool | None = None  # created with the nursery their connections run in
         self.app_h2: H2Pool | None = None
         self.h2_serving: set[H2Connection] = set()
-        self.http1_serving: set[Http1Proxy] = set()  # gateway connections, told to go on drain
+        self.http1_serving: set[Http1Proxy] = set()  # HTTP/1.1 connections served, told to go on drain
         self.gateway_routes = GatewayRoutes.of(())
         self.gateway_tls: dict[tuple[str, int], ssl.SSLContext] = {}
         self.gateway_errors: list[str] = []
@@ -537,16 +537,9 @@ class Sidecar:
                               live=self.h2_serving, initial=first,
                               observe=self._observe_h2("gateway", self.agent.service, None, lambda: ())).serve()
             elif first or alpn is not None:
-                proxy = Http1Proxy(downstream, self._gateway_route, initial=first, drop=FORWARDED,
-                                   add=lambda request: forwarded,
-                                   observe=self._observe("gateway", self.agent.service, None, lambda: ()))
-                self.http1_serving.add(proxy)
-                if self.draining:
-                    proxy.go_away()  # accepted while the route is being withdrawn: one request, then close
-                try:
-                    await proxy.serve()
-                finally:
-                    self.http1_serving.discard(proxy)
+                await self._serve_http1(Http1Proxy(
+                    downstream, self._gateway_route, initial=first, drop=FORWARDED, add=lambda request: forwarded,
+                    observe=self._observe("gateway", self.agent.service, None, lambda: ())))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -702,10 +695,21 @@ class Sidecar:
         app, dial = self._app_dialer(spec)
         upstream = Upstream(self.app_pool, app, dial)
         source = [(SOURCE_HEADER, caller.encode())] if caller else []
-        proxy = Http1Proxy(peer, lambda request: guard.admit_http(upstream), drop=frozenset({SOURCE_HEADER}),
-                           add=lambda request: source, initial=first, idle_timeout=guard.idle_timeout(60.0),
-                           observe=self._observe("inbound", guard.caller, spec.service, guard.logs))
-        await proxy.serve()
+        await self._serve_http1(Http1Proxy(
+            peer, lambda request: guard.admit_http(upstream), drop=frozenset({SOURCE_HEADER}),
+            add=lambda request: source, initial=first, idle_timeout=guard.idle_timeout(60.0),
+            observe=self._observe("inbound", guard.caller, spec.service, guard.logs)))
+
+    async def _serve_http1(self, proxy: Http1Proxy) -> None:
+        """Serve one HTTP/1.1 connection, known to the drain: told to go when it starts (idle keep-alive
+        connections close at once, busy ones after their response), or at once if accepted while draining."""
+        self.http1_serving.add(proxy)
+        if self.draining:
+            proxy.go_away()  # accepted while draining (a gateway's withdraw delay): one request, then close
+        try:
+            await proxy.serve()
+        finally:
+            self.http1_serving.discard(proxy)
 
     async def _inbound_h2(self, spec: ListenerSpec, peer: trio.abc.HalfCloseableStream, caller: str | None,
                           first: bytes, guard: InboundGuard) -> None:
@@ -1001,9 +1005,9 @@ class Sidecar:
                     if first:
                         observe = self._observe("outbound", self.agent.service, spec.target,
                                                 lambda: self._outbound_logs(spec.target))
-                        await Http1Proxy(stream, lambda request: self._http_route(spec.target, request),
-                                         initial=first, observe=observe,
-                                         idle_timeout=self._idle_timeout(spec.target, 60.0)).serve()
+                        await self._serve_http1(Http1Proxy(
+                            stream, lambda request: self._http_route(spec.target, request), initial=first,
+                            observe=observe, idle_timeout=self._idle_timeout(spec.target, 60.0)))
                     return
             try:
                 upstream = await self.connect_upstream(spec.target, ALPN_TCP)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import subprocess
 import threading
@@ -359,3 +360,17 @@ def test_http_proxy_mode_routes_by_host(http_mesh: dict[str, Any]) -> None:
     assert unknown.stdout.startswith("HTTP/1.1 503") and "x-meshcast-error: unknown_service" in unknown.stdout.lower()
     outside = curl("-i", proxy + "/", "-H", "Host: example.com")
     assert "x-meshcast-error: unknown_service" in outside.stdout.lower()
+
+
+def test_a_draining_sidecar_closes_its_callers_idle_connections(http_mesh: dict[str, Any]) -> None:
+    """SIGTERM drains: the callers' pooled keep-alive connections, idle between calls, are closed at once, so the
+    drain ends when the work in flight does, not at the drain timeout (it used to wait the whole timeout)."""
+    backend_1 = next(s for s in http_mesh["sidecars"] if s.name == "backend-1")
+    for _ in range(6):  # web's sidecar now holds pooled connections to both backends
+        curl_json(http_mesh["url"] + "/")
+    assert backend_1.proc is not None
+    backend_1.proc.send_signal(signal.SIGTERM)
+    backend_1.proc.wait(timeout=20)
+    assert "still open after the drain timeout" not in backend_1.log(), backend_1.log()
+    for _ in range(6):  # web's sidecar notices the closed connections and calls backend-2
+        assert curl_json(http_mesh["url"] + "/")["server"] == "backend-2"
