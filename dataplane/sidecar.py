@@ -1062,9 +1062,9 @@ class InboundGuard:
         policy = self.policy
         return policy is not None and policy.limit_connection(time.monotonic())
 
-    def verdict(self) -> UpstreamError | float:
+    def verdict(self, policy: CallerPolicy | None = None) -> UpstreamError | float:
         """For one request: the answer to give instead of forwarding it, or the delay (seconds) to inject."""
-        policy = self.policy
+        policy = policy or self.policy
         if policy is None:
             return 0.0
         if not policy.allows:
@@ -1098,10 +1098,10 @@ class InboundGuard:
     def _admit(self, target: _Admitted) -> _Admitted | UpstreamError:
         """The request goes on to the app (with an injected delay, and the caller's MeshTimeout `from`), or the
         answer to give instead."""
-        verdict = self.verdict()
+        policy = self.policy
+        verdict = self.verdict(policy)
         if isinstance(verdict, UpstreamError):
             return verdict
-        policy = self.policy
         timeouts = policy.timeouts if policy is not None else None
         if not verdict and timeouts is None:
             return target

@@ -24,10 +24,9 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_federation import wait_for
-from tests.integration.test_policies import App, cp_apply, dataplane, sidecar_policies
+from tests.integration.test_policies import App, cp_apply, dataplane, scrape, sidecar_policies
 from tests.support.ports import free_port
 from tests.support.sidecar import SidecarProcess
 from tests.support.zone import ZoneCPProcess
@@ -146,12 +145,6 @@ def grpc_calls(world: dict[str, Any], n: int) -> Counter[str]:
 
     with ThreadPoolExecutor(8) as pool:
         return Counter(pool.map(one, range(n)))
-
-
-def scrape(sidecar: SidecarProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(sidecar.admin + "/metrics", timeout=5).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def metric(sidecar: SidecarProcess, name: str, **labels: str) -> float:
