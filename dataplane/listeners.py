@@ -3,8 +3,13 @@
 Theory of operation: `ListenerSet.reconcile(config)` compares the listeners the config asks for with the running
 ones, keyed by what a listener cannot change without re-binding (direction, address, port, protocol, target);
 it starts the missing and stops the unwanted. Stopping a listener closes its socket only: connections already
-accepted run in the sidecar's connection nursery and finish on their own, so a config change never cuts traffic.
-Endpoint changes need no listener change at all: each new connection reads the current endpoints.
+accepted run in the sidecar's connection nursery and finish on their own, so a config change never cuts traffic;
+those the kernel had completed and queued but nobody accepted yet are accepted first (closing a listening socket
+resets them, though their clients have sent their requests). Endpoint changes need no listener change at all: each
+new connection reads the current endpoints.
+
+A draining gateway can also stop answering new connections while its listeners stay open (`drop_new_connections`):
+their SYNs go unanswered, so clients send them again a second later, to the region the route then points at.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 import trio
 
 from dataplane.config import InboundConfig, OutboundConfig, ProxyConfig
-from meshcast.wire.leanio import LeanSocketStream, listen_tcp, serve_lean
+from meshcast.wire.leanio import LeanSocketStream, accept_queued, drop_new_connections, listen_tcp, serve_lean
 
 log = logging.getLogger("meshcast.dataplane.listeners")
 
@@ -57,7 +62,7 @@ class ListenerSet:
         self._reuse_port = reuse_port
         self._handler_for = handler_for
         self._connections = connections
-        self._running: dict[ListenerSpec, tuple[trio.CancelScope, socket.socket]] = {}
+        self._running: dict[ListenerSpec, tuple[trio.CancelScope, socket.socket, Handler]] = {}
         self.errors: dict[ListenerSpec, str] = {}
         self._reconciling = trio.Lock()
 
@@ -91,15 +96,14 @@ class ListenerSet:
                 continue
             self.errors.pop(spec, None)
             scope = trio.CancelScope()
-            self._running[spec] = (scope, sock)
-            await nursery.start(self._serve, spec, sock, scope)
+            handler = self._handler_for(spec)
+            self._running[spec] = (scope, sock, handler)
+            await nursery.start(self._serve, sock, scope, handler)
             log.info("%s listener on %s:%s (%s -> %s)", spec.direction, spec.address, spec.port, spec.protocol,
                      spec.target)
 
-    async def _serve(self, spec: ListenerSpec, sock: socket.socket, scope: trio.CancelScope, *,
+    async def _serve(self, sock: socket.socket, scope: trio.CancelScope, handler: Handler, *,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        handler = self._handler_for(spec)
-
         async def spawn(stream: LeanSocketStream) -> None:
             # Accepted connections live in the sidecar's connection nursery, not the listener's: stopping the
             # listener must not cut them.
@@ -118,11 +122,21 @@ class ListenerSet:
         return not self.errors and self.wanted(config) <= self._running.keys()
 
     def stop(self, spec: ListenerSpec) -> None:
-        scope, sock = self._running.pop(spec)
+        scope, sock, handler = self._running.pop(spec)
         scope.cancel()
+        for conn in accept_queued(sock):  # accepted but for the accept call: served, not reset by the close
+            self._connections.start_soon(handler, LeanSocketStream(conn))
         # Close now, not when the accept task next runs: a replacement listener may bind the same port at once.
         trio.lowlevel.notify_closing(sock)
         sock.close()
+
+    def drop_new_connections(self) -> None:
+        """Leave new connections unanswered on every listener (see the module's docstring); they stay open."""
+        for _, sock, _ in self._running.values():
+            try:
+                drop_new_connections(sock)
+            except OSError as exc:  # not Linux: new connections are served until the listeners close
+                log.warning("cannot leave new connections unanswered on %s: %s", sock.getsockname(), exc)
 
     def stop_all(self) -> None:
         for spec in list(self._running):

@@ -101,6 +101,7 @@ class Sidecar:
         workers: int = 1,
         follower: bool = False,
         withdraw_delay: float = 1.0,
+        drop_while_withdrawing: bool = False,
     ) -> None:
         """`workers` > 1 binds listeners with SO_REUSEPORT; a `follower` (a worker process) applies the state the
         leading process saves instead of talking to the control plane."""
@@ -132,6 +133,7 @@ class Sidecar:
         self.gateway_tls: dict[tuple[str, int], ssl.SSLContext] = {}
         self.gateway_errors: list[str] = []
         self.withdraw_delay = withdraw_delay
+        self.drop_while_withdrawing = drop_while_withdrawing
         self.policies = Policies()
         self._balancer_confs: dict[str, tuple[Any, str]] = {}
         self.rng = random.Random()
@@ -443,6 +445,11 @@ class Sidecar:
             # withdraw: once the route points at another region, a request sent on a connection kept open to
             # this one would reach a region that knows no such connection, and be reset there.
             self._tell_connections_to_go()
+            if self.drop_while_withdrawing and self.listeners is not None:
+                # A connection accepted now could still straddle the route change: its next packets would reach
+                # the other region and be reset there. Unanswered, the client sends its SYN again in ~1 s, by when
+                # the route has moved.
+                self.listeners.drop_new_connections()
             log.info("gateway unready: waiting %.1fs for the route to be withdrawn", self.withdraw_delay)
             await trio.sleep(self.withdraw_delay)
         if self.listeners is not None:

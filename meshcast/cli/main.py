@@ -613,6 +613,10 @@ def gateway_group() -> None:
               help="Seconds to let requests in flight finish once draining.")
 @click.option("--withdraw-delay", type=float, default=2.0, show_default=True,
               help="Seconds between turning unready (the BGP speaker withdraws) and closing the listeners.")
+@click.option("--while-withdrawing", type=click.Choice(["drop", "serve"]), default="drop", show_default=True,
+              help="New connections during the withdraw delay: drop their SYNs, so clients retry them in ~1 s and "
+                   "follow the moved route (anycast), or serve them one request each (behind a load balancer that "
+                   "polls /ready).")
 @click.option("--workers", type=int, default=os.cpu_count() or 1, show_default="one per core",
               help="Processes sharing the listeners (SO_REUSEPORT).")
 @click.option("--follower", is_flag=True, hidden=True, help="Internal: a worker process following the leader's state.")

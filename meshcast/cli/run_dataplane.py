@@ -38,7 +38,7 @@ def _stop_workers(workers: list[subprocess.Popen[bytes]], grace: float) -> None:
 def run_dataplane(
     *, cp: str, token_file: Path, dataplane_file: Path, state_dir: Path | None, admin_addr: str,
     ca_file: Path | None, drain_timeout: float, workers: int = 1, follower: bool = False,
-    withdraw_delay: float = 1.0, gateway: bool = False,
+    withdraw_delay: float = 1.0, while_withdrawing: str = "serve", gateway: bool = False,
 ) -> None:
     from dataplane.admin import serve_admin
     from dataplane.listeners import bind
@@ -68,7 +68,8 @@ def run_dataplane(
 
     async def follow() -> None:
         sidecar = Sidecar(cp_url=cp, token=token, dataplane=doc, state_dir=state, cp_ssl_context=cp_ssl,
-                          workers=2, follower=True, withdraw_delay=withdraw_delay)
+                          workers=2, follower=True, withdraw_delay=withdraw_delay,
+                          drop_while_withdrawing=while_withdrawing == "drop")
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(sidecar.run)
@@ -84,7 +85,8 @@ def run_dataplane(
 
     async def main() -> None:
         sidecar = Sidecar(cp_url=cp, token=token, dataplane=doc, state_dir=state, cp_ssl_context=cp_ssl,
-                          workers=workers, withdraw_delay=withdraw_delay)
+                          workers=workers, withdraw_delay=withdraw_delay,
+                          drop_while_withdrawing=while_withdrawing == "drop")
         try:
             admin_sock = bind(admin_host, admin_port)
         except OSError as exc:

@@ -9,8 +9,10 @@ write that can complete at once costs one system call and one checkpoint.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -131,6 +133,48 @@ def listen_tcp(address: str, port: int, *, reuse_port: bool = False, backlog: in
         sock.close()
         raise
     return sock
+
+
+# Linux socket options (<asm-generic/socket.h>); Python's socket module does not name them.
+SO_ATTACH_FILTER = 26
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+# A classic BPF program run on every segment a listening TCP socket receives, with the TCP header at offset 0:
+# drop a segment whose SYN flag is set and ACK flag clear (a client opening a connection), keep the rest (the final
+# ACK of a handshake already answered must still complete it).
+_DROP_SYN = (
+    (0x30, 0, 0, 13),          # ldb [13]          the flags byte: CWR ECE URG ACK PSH RST SYN FIN
+    (0x54, 0, 0, 0x12),        # and #0x12         ACK | SYN
+    (0x15, 0, 1, 0x02),        # jeq #0x02, 0, 1   only SYN?
+    (0x06, 0, 0, 0),           # ret #0            drop it
+    (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1           keep the whole segment
+)
+
+
+def drop_new_connections(sock: socket.socket) -> None:
+    """Make a listening TCP socket ignore new connections: their SYNs are dropped, not refused, so each client's
+    kernel sends its SYN again (after ~1 s, then 3 s, ...) and reaches whoever holds the address by then. Handshakes
+    already answered complete, and queued connections can still be accepted. Raises OSError (not Linux)."""
+    program = (_SockFilter * len(_DROP_SYN))(*(_SockFilter(*insn) for insn in _DROP_SYN))
+    fprog = struct.pack("HL", len(_DROP_SYN), ctypes.addressof(program))  # struct sock_fprog; the kernel copies it
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def accept_queued(sock: socket.socket) -> list[socket.socket]:
+    """The connections the kernel has completed and queued on a listening socket, accepted without waiting. Closing
+    a listener resets every connection still queued on it, though their clients may already have sent a request."""
+    sock.setblocking(False)
+    accepted: list[socket.socket] = []
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:  # BlockingIOError: the queue is empty; anything else: nothing more to take
+            return accepted
+        accepted.append(conn)
 
 
 async def serve_lean(

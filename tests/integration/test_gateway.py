@@ -44,7 +44,10 @@ class Gateway:
             self.proc = subprocess.Popen(meshcast_cmd(
                 "gateway", "run", "--cp", cp.url, "--token-file", str(workdir / "token"), "--dataplane-file",
                 str(workdir / "dp.json"), "--state-dir", str(workdir / "state"), "--admin-addr", self.admin,
-                "--workers", "1", "--withdraw-delay", "0.5", "--drain-timeout", "10"),
+                "--workers", "1", "--withdraw-delay", "0.5", "--drain-timeout", "10",
+                # no BGP here: new connections are served during the withdraw delay, as behind a load balancer
+                # (the anycast end-to-end test drains with the default, `drop`)
+                "--while-withdrawing", "serve"),
                 stdout=log, stderr=subprocess.STDOUT)
 
     def ready(self) -> bool:
