@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 The speaker probes the local gateway every `interval` (100 ms) and feeds each outcome to `Damper.step` as an
 `Observation`: READY (HTTP 200), UNREADY (anything else: 503, a refused connection, a timeout) or DRAINED (the
-operator's drain flag is set; the probe result does not matter). The damper answers with a `Transition`: the
-`Action` to send to ExaBGP (announce, withdraw or nothing) and its new `RouteState`. Time is counted in probes
+operator's drain flag is set, or the gateway answered that it is draining). The damper answers with a `Transition`:
+the `Action` to send to ExaBGP (announce, withdraw or nothing) and its new `RouteState`. Time is counted in probes
 ("ticks"), so the machine is pure and hypothesis can drive it; the speaker converts seconds to probes.
 
 Rules (all counts in consecutive probes):

@@ -8,7 +8,8 @@ ExaBGP starts this program with a pipe on each side: we write text API commands 
   crashed): the nursery is cancelled and the program exits, so it never outlives its ExaBGP.
 - `_probe_loop` ticks every `readiness.interval` (100 ms) on a fixed cadence: it reads the drain flag (a file),
   probes the gateway's readiness URL on loopback (`GET`, 200 = ready; any other status, a refused connection or no
-  answer within `readiness.timeout` = unready), feeds the outcome to the `Damper` (bgp/fsm.py) and sends what it
+  answer within `readiness.timeout` = unready; an unready answer whose JSON body says `"draining": true` = drained,
+  like the flag), feeds the outcome to the `Damper` (bgp/fsm.py) and sends what it
   decides, one command per peer and prefix, flushed at once. Every change, and at least once a second, it
   rewrites the status file.
 A command ExaBGP refuses (`error`) leaves ExaBGP's view uncertain: the speaker re-sends its current decision, at
@@ -22,6 +23,7 @@ new one starts UNKNOWN and asserts its first decision either way (see bgp/fsm.py
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -64,14 +66,28 @@ class ProbeResult:
     ok: bool
     detail: str
     latency_ms: float
+    draining: bool = False  # the gateway said it is draining: withdraw now, no `fall` to wait for
+
+
+MAX_BODY = 65536  # of an unready answer, read for its `draining` flag
+
+
+def says_draining(body: bytes) -> bool:
+    """An unready answer's JSON body with `"draining": true` (what `meshcast gateway run` answers once draining)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("draining") is True
 
 
 async def probe_ready(host: str, port: int, target: str, within: float) -> ProbeResult:
-    """One `GET target` on a fresh connection: ready only on a 2xx answer within `within` seconds."""
+    """One `GET target` on a fresh connection: ready only on a 2xx answer within `within` seconds. An unready
+    answer whose JSON body says `"draining": true` is a drain (the gateway is going away on purpose)."""
     start = time.monotonic()
 
-    def result(ok: bool, detail: str) -> ProbeResult:
-        return ProbeResult(ok, detail, round((time.monotonic() - start) * 1000, 1))
+    def result(ok: bool, detail: str, draining: bool = False) -> ProbeResult:
+        return ProbeResult(ok, detail, round((time.monotonic() - start) * 1000, 1), draining)
 
     with trio.move_on_after(within):
         try:
@@ -89,7 +105,17 @@ async def probe_ready(host: str, port: int, target: str, within: float) -> Probe
                     if event is h11.NEED_DATA:
                         conn.receive_data(await stream.receive_some(4096))
                     elif isinstance(event, h11.Response):
-                        return result(200 <= event.status_code < 300, f"HTTP {event.status_code}")
+                        status = event.status_code
+                        if 200 <= status < 300:
+                            return result(True, f"HTTP {status}")
+                        body = b""  # read on: does it say it is draining?
+                    elif isinstance(event, h11.Data):
+                        body += event.data
+                        if len(body) > MAX_BODY:
+                            return result(False, f"HTTP {status}")
+                    elif isinstance(event, h11.EndOfMessage):
+                        draining = says_draining(body)
+                        return result(False, f"HTTP {status}" + (", draining" if draining else ""), draining)
                     elif isinstance(event, h11.ConnectionClosed):
                         return result(False, "connection closed without an answer")
             except (trio.BrokenResourceError, OSError) as exc:
@@ -198,7 +224,7 @@ class Speaker:
             probe = await probe_ready(readiness.host, readiness.port, readiness.target, readiness.timeout)
             self._last_probe = {"ok": probe.ok, "detail": probe.detail, "latencyMs": probe.latency_ms,
                                 "at": time.time()}
-            if self._drained:
+            if self._drained or probe.draining:
                 observation = Observation.DRAINED
             else:
                 observation = Observation.READY if probe.ok else Observation.UNREADY

@@ -16,12 +16,13 @@ import trio
 
 import bgp.speaker
 from bgp.settings import parse_region
-from bgp.speaker import Speaker, probe_ready
+from bgp.speaker import Speaker, probe_ready, says_draining
 
 
 @dataclass
 class Gateway:
-    """A readiness endpoint: `mode` is "200", "503", "hang" or "close" (accept, then close without answering)."""
+    """A readiness endpoint: `mode` is "200", "503", "draining" (503 saying so, as a draining gateway does), "hang"
+    or "close" (accept, then close without answering)."""
 
     mode: str = "200"
     port: int = 0
@@ -42,7 +43,9 @@ async def _serve(gateway: Gateway, stream: trio.SocketStream) -> None:
         if gateway.mode == "close":
             return
         status = 200 if gateway.mode == "200" else 503
-        await stream.send_all(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
+        body = b'{"ready": false, "draining": true}' if gateway.mode == "draining" else b""
+        await stream.send_all(f"HTTP/1.1 {status} X\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+                              .encode() + body)
 
 
 @asynccontextmanager
@@ -152,6 +155,28 @@ async def test_announces_when_ready_withdraws_when_not_and_exits_when_stdin_clos
     assert [h["action"] for h in status["history"]] == ["announce", "withdraw", "announce"]
 
 
+async def test_a_draining_gateway_is_withdrawn_on_the_first_probe_that_says_so(tmp_path: Path) -> None:
+    """No `fall` to wait for: a drain is the gateway going away on purpose, and every probe spent before the
+    withdraw is time its new connections are left unanswered."""
+    async with gateway_running() as gw, speaker_running(region(tmp_path, gw.port)) as (fake, _):
+        await fake.wait_for(lambda c: c == [ANNOUNCE])
+        gw.mode = "draining"
+        await fake.wait_for(lambda c: c == [ANNOUNCE, WITHDRAW])
+        await trio.sleep(0.05)  # the status file is written right after the command
+        status = json.loads((tmp_path / "eu-west.status.json").read_text())
+        assert "U" not in status["recentProbes"] and status["recentProbes"].endswith("D")
+        assert status["history"][-1]["probe"] == "HTTP 503, draining"
+
+
+@pytest.mark.parametrize("body, draining", [
+    (b'{"ready": false, "draining": true}', True),
+    (b'{"draining": "yes"}', False), (b'{"draining": false}', False), (b"[true]", False), (b"", False),
+    (b"\xff not json", False),
+])
+def test_only_a_json_object_saying_draining_true_is_a_drain(body: bytes, draining: bool) -> None:
+    assert says_draining(body) is draining
+
+
 @pytest.mark.parametrize("mode", ["hang", "close"])
 async def test_a_gateway_that_does_not_answer_is_unready(tmp_path: Path, mode: str) -> None:
     async with gateway_running() as gw, speaker_running(region(tmp_path, gw.port)) as (fake, _):
@@ -206,7 +231,11 @@ async def test_probe_results() -> None:
         ok = await probe_ready("127.0.0.1", gw.port, "/ready", 1)
         assert ok.ok and ok.detail == "HTTP 200"
         gw.mode = "503"
-        assert (await probe_ready("127.0.0.1", gw.port, "/ready", 1)).detail == "HTTP 503"
+        unready = await probe_ready("127.0.0.1", gw.port, "/ready", 1)
+        assert (unready.ok, unready.detail, unready.draining) == (False, "HTTP 503", False)
+        gw.mode = "draining"
+        draining = await probe_ready("127.0.0.1", gw.port, "/ready", 1)
+        assert (draining.ok, draining.detail, draining.draining) == (False, "HTTP 503, draining", True)
         gw.mode = "hang"
         result = await probe_ready("127.0.0.1", gw.port, "/ready", 0.05)
         assert not result.ok and result.detail == "no answer within 50 ms"
