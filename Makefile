@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed
 # etcd-server/etcd-client: the store and its tests; curl: real-client checks; iproute2: network namespaces.
 DEB_PACKAGES := etcd-server etcd-client curl iproute2 ca-certificates
 # Only `make test` needs these: h2load, a real HTTP/2 load generator, in the data-plane tests; BIRD 2, the router
-# the anycast tests peer with (run in network namespaces only; no system service is used).
-TEST_PACKAGES := nghttp2-client bird2
+# the anycast tests peer with, and gobgpd, a second peer that reads what was received (gobgp global rib -j); both
+# run in network namespaces only, no system service is used (gobgpd's unit starts only if /etc/gobgpd.conf exists).
+TEST_PACKAGES := nghttp2-client bird2 gobgpd
 # Only `make bench` needs these: load generators and the reference proxies the sidecars are measured against.
 BENCH_PACKAGES := wrk nghttp2-client haproxy nginx-light
 PYTEST_ARGS ?=

@@ -7,6 +7,8 @@
 - `ReadinessServer`: a stdlib HTTP server in a region namespace standing in for the gateway: `GET /ready` answers
   what its state file says (200, 503, or `hang`: accept and never answer); any other path answers the region name.
 - `RouteWatcher`: `ip -n ROUTER monitor route`, timestamped per line on arrival, to time route changes.
+- `Gobgp`: gobgpd in a namespace of its own, a second reader of what a region announces: it installs nothing, its
+  RIB is read as JSON (`gobgp global rib -j`) through its API on the namespace's loopback.
 Every process is started through `Netns.popen`, so the fabric kills it by PID when the test ends.
 """
 
@@ -43,9 +45,17 @@ class BirdPeer:
     address: str
     asn: int
 
+    @property
+    def ipv6(self) -> bool:
+        """An IPv6 session (the address says so): it carries the ipv6 channel instead of ipv4."""
+        return ":" in self.address
+
 
 class Bird:
-    """BIRD 2 in `ns`, AS `asn`, one BGP protocol per peer, short timers so sessions come back in about a second."""
+    """BIRD 2 in `ns`, AS `asn`, one BGP protocol per peer, short timers so sessions come back in about a second.
+
+    An IPv6 peer gets an ipv6 channel, and the router an IPv6 `kernel` protocol beside the IPv4 one.
+    """
 
     def __init__(self, ns: Netns, workdir: Path, router_id: str, asn: int, peers: Sequence[BirdPeer]) -> None:
         self.ns, self.workdir, self.router_id, self.asn, self.peers = ns, workdir, router_id, asn, list(peers)
@@ -61,14 +71,17 @@ class Bird:
             "protocol device { scan time 1; }",
             "protocol kernel { ipv4 { export where source = RTS_BGP; import none; }; }",
         ]
+        if any(peer.ipv6 for peer in self.peers):
+            lines.append("protocol kernel { ipv6 { export where source = RTS_BGP; import none; }; }")
         for peer in self.peers:
+            channel = "ipv6" if peer.ipv6 else "ipv4"
             lines.append(f"""protocol bgp {peer.name} {{
   local {peer.local} as {self.asn};
   neighbor {peer.address} as {peer.asn};
   hold time 3; keepalive time 1;
   connect delay time 1; connect retry time 1; error wait time 1, 2;
   graceful restart on;
-  ipv4 {{ import all; export none; }};
+  {channel} {{ import all; export none; }};
 }}""")
         return "\n".join(lines) + "\n"
 
@@ -154,8 +167,8 @@ def parse_show_route_all(text: str) -> list[BirdRoute]:
 # --- the region ----------------------------------------------------------------------------------------------------
 
 _READINESS_SERVER = r"""
-import http.server, os, socketserver, sys, time
-port, state, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+import http.server, os, socket, socketserver, sys, time
+port, state, name, host = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -184,17 +197,21 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-server = Server(("0.0.0.0", port), Handler)
+if ":" in host:  # "::" also takes IPv4 (bindv6only is off in a fresh namespace)
+    Server.address_family = socket.AF_INET6
+server = Server((host, port), Handler)
 open(state + ".up", "w").write(str(os.getpid()))
 server.serve_forever()
 """
 
 
 class ReadinessServer:
-    """The gateway's stand-in, bound on 0.0.0.0:`port` inside `ns` only (its loopback and its anycast address)."""
+    """The gateway's stand-in, bound on `host`:`port` inside `ns` only (its loopback and its anycast address);
+    `host="::"` answers on IPv6 and IPv4 alike."""
 
-    def __init__(self, ns: Netns, workdir: Path, port: int, name: str, mode: str = "200") -> None:
-        self.ns, self.port, self.name = ns, port, name
+    def __init__(self, ns: Netns, workdir: Path, port: int, name: str, mode: str = "200",
+                 host: str = "0.0.0.0") -> None:
+        self.ns, self.port, self.name, self.host = ns, port, name, host
         workdir.mkdir(parents=True, exist_ok=True)
         self.state = workdir / f"ready-{name}-{port}.state"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -210,7 +227,7 @@ class ReadinessServer:
         up = Path(str(self.state) + ".up")
         up.unlink(missing_ok=True)
         self.proc = self.ns.popen([sys.executable, "-c", _READINESS_SERVER, str(self.port), str(self.state),
-                                   self.name], stderr=subprocess.DEVNULL)
+                                   self.name, self.host], stderr=subprocess.DEVNULL)
         wait_until(lambda: up.exists(), 10, "the readiness server to listen")
 
     def kill(self) -> None:
@@ -234,13 +251,16 @@ class RegionConfig:
     backup: dict[str, int] | None = None
     damping: dict[str, float] | None = None
     graceful_restart: int = 0
+    local_address: str | None = None  # the region's end of the router session; default: router_id
+    extra_peers: list[dict[str, Any]] = field(default_factory=list)  # region-file `peers` entries, after the router
 
     def document(self, state_dir: Path) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "region": self.region, "routerId": self.router_id, "localAs": self.local_as, "role": self.role,
             "prefixes": self.prefixes,
             "peers": [{"address": self.peer_address, "as": self.peer_as, "holdTime": 3,
-                       "localAddress": self.router_id, "description": "router"}],
+                       "localAddress": self.local_address or self.router_id, "description": "router"},
+                      *self.extra_peers],
             "attributes": {"med": self.med, "asPathPrepend": self.prepend, "communities": self.communities},
             "readiness": {"url": f"http://127.0.0.1:{self.readiness_port}/ready"},
             "gracefulRestart": self.graceful_restart,
@@ -378,8 +398,9 @@ class RouteWatcher:
 
 
 def kernel_route(ns: Netns, prefix: str) -> str:
-    """The router's kernel route for an anycast /32 (`ip route show exact`), '' if none."""
-    return ns.ip("route", "show", "exact", prefix).strip()
+    """The router's kernel route for an anycast /32 or /128 (`ip [-6] route show exact`), '' if none."""
+    family = ["-6"] if ":" in prefix else []
+    return ns.ip(*family, "route", "show", "exact", prefix).strip()
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> float:
@@ -391,3 +412,152 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
         if time.monotonic() - start > timeout:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+# --- a second reader: gobgpd ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GobgpNeighbor:
+    address: str  # the region's end of the link
+    asn: int
+    local: str  # gobgpd's own end
+
+    @property
+    def family(self) -> str:
+        return "ipv6-unicast" if ":" in self.address else "ipv4-unicast"
+
+
+@dataclass
+class GobgpPath:
+    """One path of gobgpd's RIB, the attributes as it decoded them off the wire."""
+
+    prefix: str
+    neighbor: str
+    best: bool
+    as_path: list[int] = field(default_factory=list)
+    med: int | None = None
+    next_hop: str = ""
+    communities: list[str] = field(default_factory=list)
+    large_communities: list[str] = field(default_factory=list)
+    extended_communities: list[str] = field(default_factory=list)
+    origin: int | None = None
+
+
+def parse_gobgp_rib(doc: Any) -> list[GobgpPath]:
+    """`gobgp global rib -j` (a mapping prefix -> paths) as `GobgpPath`s. Attribute type codes are BGP's own:
+    1 ORIGIN, 2 AS_PATH, 3 NEXT_HOP, 4 MED, 8 COMMUNITIES, 14 MP_REACH_NLRI (IPv6 next hop), 16 extended, 32 large."""
+    paths = []
+    for prefix, entries in (doc or {}).items():
+        for entry in entries:
+            path = GobgpPath(prefix, str(entry.get("neighbor-ip", "")), bool(entry.get("best")))
+            for attr in entry.get("attrs", []):
+                kind = attr.get("type")
+                if kind == 1:
+                    path.origin = attr.get("value")
+                elif kind == 2:
+                    path.as_path = [asn for segment in attr.get("as_paths", []) for asn in segment.get("asns", [])]
+                elif kind in (3, 14):
+                    path.next_hop = str(attr.get("nexthop", ""))
+                elif kind == 4:
+                    path.med = attr.get("metric")
+                elif kind == 8:
+                    path.communities = [f"{c >> 16}:{c & 0xFFFF}" for c in attr.get("communities", [])]
+                elif kind == 16:
+                    path.extended_communities = [json.dumps(c, sort_keys=True) for c in attr.get("value", [])]
+                elif kind == 32:
+                    path.large_communities = [f"{c['ASN']}:{c['LocalData1']}:{c['LocalData2']}"
+                                              for c in attr.get("value", [])]
+            paths.append(path)
+    return paths
+
+
+_GOBGP_STATES = {0: "unknown", 1: "idle", 2: "connect", 3: "active", 4: "opensent", 5: "openconfirm",
+                 6: "established"}  # apipb.PeerState.SessionState, as `gobgp neighbor ADDR -j` writes it
+
+
+class Gobgp:
+    """gobgpd in `ns` (a namespace of its own), AS `asn`, one neighbor per region link; installs no route (no zebra).
+
+    Its gRPC API listens on the namespace's loopback only (`api_port` cannot clash with anything outside it), and
+    the `gobgp` CLI is run inside the namespace with the same host and port. pprof is off.
+    """
+
+    def __init__(self, ns: Netns, workdir: Path, router_id: str, asn: int, neighbors: Sequence[GobgpNeighbor],
+                 api_port: int = 50051) -> None:
+        self.ns, self.router_id, self.asn, self.neighbors = ns, router_id, asn, list(neighbors)
+        self.api_port = api_port
+        self.conf = workdir / "gobgpd.toml"
+        self.log = workdir / "gobgpd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_handle: IO[bytes] | None = None
+
+    def config(self) -> str:
+        lines = ["[global.config]", f"  as = {self.asn}", f'  router-id = "{self.router_id}"', ""]
+        for n in self.neighbors:
+            lines += [
+                "[[neighbors]]",
+                "  [neighbors.config]", f'    neighbor-address = "{n.address}"', f"    peer-as = {n.asn}",
+                "  [neighbors.transport.config]", f'    local-address = "{n.local}"',
+                "  [neighbors.timers.config]", "    connect-retry = 1", "    hold-time = 3",
+                "    keepalive-interval = 1",
+                "  [[neighbors.afi-safis]]", "    [neighbors.afi-safis.config]", f'      afi-safi-name = "{n.family}"',
+                "",
+            ]
+        return "\n".join(lines)
+
+    def start(self) -> None:
+        self.conf.write_text(self.config())
+        self._log_handle = self.log.open("ab")
+        self.proc = self.ns.popen(["gobgpd", "-f", str(self.conf), "-t", "toml", "--log-plain", "-l", "info",
+                                   f"--api-hosts=127.0.0.1:{self.api_port}", "--pprof-disable"],
+                                  stdout=self._log_handle, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gobgpd exited ({self.proc.returncode}): {self.logs()}")
+            if self.cli("global", check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"gobgpd did not answer on its API within 10 s: {self.logs()}")
+
+    def stop(self) -> None:
+        stop_process(self.proc, grace=5)
+        self.proc = None
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.ns.run("gobgp", "-u", "127.0.0.1", "-p", str(self.api_port), *args, check=check)
+
+    def rib(self, family: str = "ipv4") -> list[GobgpPath]:
+        """Every path gobgpd holds for `family` ("ipv4" or "ipv6")."""
+        out = self.cli("global", "rib", "-a", family, "-j").stdout
+        return parse_gobgp_rib(json.loads(out) if out.strip() else {})
+
+    def paths(self, prefix: str) -> list[GobgpPath]:
+        return [p for p in self.rib("ipv6" if ":" in prefix else "ipv4") if p.prefix == prefix]
+
+    def session_state(self, address: str) -> str:
+        """The neighbor's FSM state ("idle", "active", ..., "established"); "" if gobgpd does not say."""
+        out = self.cli("neighbor", address, "-j", check=False).stdout
+        try:
+            state = json.loads(out)["state"].get("session_state", 0)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return ""
+        if isinstance(state, int):
+            return _GOBGP_STATES.get(state, str(state))
+        return str(state).lower()
+
+    def session_up(self, address: str) -> bool:
+        return self.session_state(address) == "established"
+
+    def accepting(self, address: str) -> bool:
+        """Whether gobgpd would take a connection from `address` now. After a session ends it stays idle for a
+        fixed 5 s (its `holdtimeIdle`, not configurable: `idle-hold-time-after-reset` does not change it) and closes
+        every connection the peer opens meanwhile, which only makes ExaBGP back off for longer."""
+        return self.session_state(address) not in ("", "unknown", "idle")
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
