@@ -4,8 +4,9 @@ a zone CP and a zone ingress, sidecars and apps on loopback.
 A service only `us` has is reached from `eu` through us's ingress, with the caller's SPIFFE identity seen by the app
 in `us` (the ingress does not terminate TLS). A service both zones have is served locally; when eu's instance dies
 under steady load the calls fail over to us with no failure beyond requests in flight, and come back to eu once its
-instance is back. A policy applied at the global CP reaches the sidecars of both zones; with the global etcd's
-quorum gone, local and cross-zone traffic keep flowing, even through a zone CP restarted meanwhile.
+instance is back. eu's edge gateway does the same for its routes (local first, us's ingress while eu has no
+instance) and stays ready meanwhile. A policy applied at the global CP reaches the sidecars of both zones; with the
+global etcd's quorum gone, local and cross-zone traffic keep flowing, even through a zone CP restarted meanwhile.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_federation import wait_for
+from tests.integration.test_gateway import Gateway
 from tests.integration.test_sidecar_http import HttpApp
 from tests.support.etcd import EtcdCluster
 from tests.support.ports import free_port
@@ -111,8 +113,18 @@ def zones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             stoppable.append(sidecar)
             sidecar.start()
             sidecars[name] = sidecar
+        # eu's edge gateway: a MeshGateway applied at the global CP, served by a gateway registered with eu's CP
+        edge_port = free_port()
+        edge_doc = {"type": "MeshGateway", "mesh": "default", "name": "edge", "spec": {
+            "listeners": [{"port": edge_port, "address": "127.0.0.1"}],
+            "routes": [{"match": {"pathPrefix": "/pay"}, "to": "payments"}, {"to": "backend"}]}}
+        result = global_cp.cli("apply", "-f", "-", stdin=json.dumps(edge_doc))
+        assert result.returncode == 0, result.stderr
+        gateway = Gateway(tmp / "edge", cps["eu"])
+        stoppable.append(gateway)
+        wait_for(gateway.ready, "eu's edge gateway ready", timeout=30)
         yield {"global": global_cp, "cps": cps, "ingresses": ingresses, "sidecars": sidecars, "out": out, "tmp": tmp,
-               "etcd": etcd}
+               "etcd": etcd, "gateway": gateway, "edge_port": edge_port}
     finally:
         for item in reversed(stoppable):
             item.stop()
@@ -160,6 +172,28 @@ def test_failover_to_us_under_load_and_back_to_eu(zones: dict[str, Any]) -> None
         worker.join()
     assert len(failures) <= 1, failures  # at most the one request in flight at the kill
     assert "backend-us" in served and served[-1] == "backend-eu"
+
+
+def test_the_edge_gateway_serves_locally_then_through_the_other_zones_ingress(zones: dict[str, Any]) -> None:
+    """The gateway's routes go to mesh services like a sidecar's calls: local zone first, another zone's ingress
+    when the local instances are gone (with the gateway's own identity), and the gateway stays ready meanwhile: a
+    region whose backends are gone keeps its anycast route and is served through another zone."""
+    port, gateway = zones["edge_port"], zones["gateway"]
+    answer = wait_for(lambda: get(port, "/pay"), "payments through eu's gateway", timeout=30)
+    assert answer["server"] == "payments-us" and answer["source"] == ["spiffe://default/edge"]
+    wait_for(lambda: get(port)["server"] == "backend-eu", "backend through eu's gateway", timeout=30)
+    for _ in range(10):
+        assert get(port)["server"] == "backend-eu"
+
+    zones["sidecars"]["backend-eu"].stop()  # a clean stop: deregistered, so eu has no backend instance left
+    try:
+        wait_for(lambda: get(port)["server"] == "backend-us", "the gateway failing over to us", timeout=30)
+        for _ in range(10):
+            assert get(port)["server"] == "backend-us"
+        assert gateway.ready()
+    finally:
+        zones["sidecars"]["backend-eu"].start()
+    wait_for(lambda: get(port)["server"] == "backend-eu", "the gateway back to eu", timeout=30)
 
 
 def outbound_threshold(sidecar: SidecarProcess, service: str) -> float | None:
