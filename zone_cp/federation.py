@@ -355,26 +355,41 @@ class RemoteZones:
             return None
 
 
+def ingress_addresses(info: dict[str, Any]) -> list[tuple[str, int]]:
+    """Every ingress a zone publishes (`ingressAddresses`; a zone CP older than that list gives `ingressAddress`
+    only), as (host, port); malformed entries are skipped."""
+    listed = info.get("ingressAddresses")
+    if not isinstance(listed, list):
+        listed = [info.get("ingressAddress")]
+    out = []
+    for address in listed:
+        if not isinstance(address, str) or not address:
+            continue
+        try:
+            host, port = split_host_port(address, default_port=0)
+        except ValueError:
+            continue
+        if port and (host, port) not in out:
+            out.append((host, port))
+    return out
+
+
 def remote_offers(zones: dict[str, ZoneState], own_zone: str) -> dict[tuple[str, str], list[RemoteService]]:
-    """What every other online zone with an ingress offers: services with healthy instances, by (mesh, service)."""
+    """What every other online zone with an ingress offers: services with healthy instances, by (mesh, service),
+    one offer per ingress of the zone (callers spread over them and fail over between them at once, not when the
+    zone stops publishing a dead one)."""
     remote: dict[tuple[str, str], list[RemoteService]] = {}
     for name in sorted(zones):
         state = zones[name]
         if name == own_zone or state.info is None:
             continue
-        ingress = state.info.get("ingressAddress")
-        if not isinstance(ingress, str) or not ingress:
-            continue
-        try:
-            host, port = split_host_port(ingress, default_port=0)
-        except ValueError:
-            continue
-        if not port:
+        ingresses = ingress_addresses(state.info)
+        if not ingresses:
             continue
         for (mesh, service), summary in sorted(state.services.items()):
             healthy = summary.get("healthy")
             if isinstance(healthy, int) and healthy > 0:
-                remote.setdefault((mesh, service), []).append(
+                remote.setdefault((mesh, service), []).extend(
                     RemoteService(zone=name, address=host, port=port, healthy=healthy,
-                                  protocol=str(summary.get("protocol", "tcp"))))
+                                  protocol=str(summary.get("protocol", "tcp"))) for host, port in ingresses)
     return remote

@@ -124,7 +124,7 @@ def zones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         stoppable.append(gateway)
         wait_for(gateway.ready, "eu's edge gateway ready", timeout=30)
         yield {"global": global_cp, "cps": cps, "ingresses": ingresses, "sidecars": sidecars, "out": out, "tmp": tmp,
-               "etcd": etcd, "gateway": gateway, "edge_port": edge_port}
+               "etcd": etcd, "gateway": gateway, "edge_port": edge_port, "stoppable": stoppable}
     finally:
         for item in reversed(stoppable):
             item.stop()
@@ -194,6 +194,34 @@ def test_the_edge_gateway_serves_locally_then_through_the_other_zones_ingress(zo
     finally:
         zones["sidecars"]["backend-eu"].start()
     wait_for(lambda: get(port)["server"] == "backend-eu", "the gateway back to eu", timeout=30)
+
+
+def outbound_endpoints(sidecar: SidecarProcess, service: str) -> list[str]:
+    import httpx
+
+    config = httpx.get(sidecar.admin + "/config", timeout=5).json()["config"]
+    for outbound in config["outbound"]:
+        if outbound["service"] == service:
+            return sorted(f"{e['address']}:{e['port']}" for e in outbound["endpoints"])
+    return []
+
+
+def test_callers_use_every_ingress_of_a_zone_and_lose_none_with_one(zones: dict[str, Any]) -> None:
+    """A zone with two ingresses: other zones' sidecars get both as endpoints, so when one stops, calls go through
+    the other at once, not once the zone has stopped publishing the dead one (INGRESS_TTL, 30 s)."""
+    port, web = zones["out"]["payments"], zones["sidecars"]["web-eu"]
+    first = zones["ingresses"]["us"]
+    second = Ingress(zones["tmp"] / "ingress-us-2", zones["cps"]["us"])
+    zones["stoppable"].append(second)  # stopped with the module's processes
+    zones["ingresses"]["us"] = second  # the tests after this one go through it
+    wait_for(second.ready, "us's second ingress ready")
+    both = sorted(f"127.0.0.1:{ingress.port}" for ingress in (first, second))
+    wait_for(lambda: outbound_endpoints(web, "payments") == both, "both us ingresses at eu's web", timeout=30)
+    for _ in range(10):
+        assert get(port, "/pay")["server"] == "payments-us"
+    first.stop()
+    answers = [get(port, "/pay")["server"] for _ in range(30)]  # each raises unless answered 200
+    assert answers == ["payments-us"] * 30
 
 
 def outbound_threshold(sidecar: SidecarProcess, service: str) -> float | None:

@@ -127,6 +127,19 @@ def test_remote_offers_skip_our_zone_zones_without_ingress_and_empty_services() 
     assert remote == {("default", "backend"): [RemoteService("us", "127.0.0.2", 10001, 2, "http")]}
 
 
+def test_every_ingress_of_a_zone_is_offered() -> None:
+    raw = keys("us", None, {"backend": 2})
+    raw[info_key("us")] = json.dumps({"zone": "us", "ingressAddress": "127.0.0.2:10001", "ingressAddresses": [
+        "127.0.0.2:10001", "127.0.0.3:10001", "127.0.0.3:10001", "no port", 7]}).encode()
+    remote = remote_offers(parse_zones(raw), "eu")
+    assert remote == {("default", "backend"): [RemoteService("us", "127.0.0.2", 10001, 2, "http"),
+                                               RemoteService("us", "127.0.0.3", 10001, 2, "http")]}
+    # a zone CP from before `ingressAddresses`: its one address
+    raw[info_key("us")] = json.dumps({"zone": "us", "ingressAddress": "127.0.0.2:10001"}).encode()
+    assert remote_offers(parse_zones(raw), "eu") == {
+        ("default", "backend"): [RemoteService("us", "127.0.0.2", 10001, 2, "http")]}
+
+
 def test_a_zone_without_its_info_key_offers_nothing() -> None:
     raw = keys("us", "127.0.0.2:10001", {"backend": 2})
     del raw[info_key("us")]
