@@ -63,6 +63,8 @@ def check_coverage(current: Sequence[RegionSettings], proposed: RegionSettings,
 
 
 def _announcers(regions: Sequence[RegionSettings]) -> dict[IPNetwork, list[RegionSettings]]:
+    # a region announces each listed prefix to its peers of that prefix's family only, and a valid region has at
+    # least one such peer for every prefix (bgp/settings.py refuses one without): listing a prefix is announcing it
     out: dict[IPNetwork, list[RegionSettings]] = {}
     for region in regions:
         for prefix in region.prefixes:

@@ -2,7 +2,9 @@
 
 One `neighbor` block per peer, all feeding the one `process` (our speaker), which announces and withdraws the
 region's prefixes through the text API; the config itself announces nothing, so a speaker that never sees its
-gateway ready never attracts traffic.
+gateway ready never attracts traffic. A neighbor negotiates only the families of the prefixes it carries
+(`RegionSettings.prefixes_for`): in a dual-stack region the IPv4 sessions carry `ipv4 unicast`, the IPv6 ones
+`ipv6 unicast`.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ def render_exabgp_conf(settings: RegionSettings) -> str:
         "    encoder text;",
         "}",
     ]
-    families = sorted({f"ipv{p.version} unicast" for p in s.prefixes})
     for peer in s.peers:
+        families = sorted({f"ipv{p.version} unicast" for p in s.prefixes_for(peer)})
         lines += ["", f"neighbor {peer.address} {{"]
         if peer.description:
             lines.append(f'    description "{peer.description}";')

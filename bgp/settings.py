@@ -10,7 +10,8 @@ region: eu-west
 routerId: 10.255.1.2
 localAs: 65001
 role: primary                  # or backup: announce a worse path (see `backup`)
-prefixes: [198.51.100.1/32]    # the anycast prefixes this region announces while its gateway is ready
+prefixes: [198.51.100.1/32]    # the anycast prefixes this region announces while its gateway is ready, each one
+                               # to the peers of its own IP family (dual-stack: list both, and peers of both)
 peers:
   - address: 10.255.1.1
     as: 65000
@@ -138,6 +139,12 @@ class RegionSettings:
     def is_backup(self) -> bool:
         return self.role == "backup"
 
+    def prefixes_for(self, peer: Peer) -> tuple[IPNetwork, ...]:
+        """The prefixes `peer` carries: those of its session's IP family. `next-hop self` is the session's own
+        address, so an IPv4 session has no IPv6 next hop to give (ExaBGP 5 would silently put the router ID
+        there) and the other way round. A valid region gives every peer at least one."""
+        return tuple(p for p in self.prefixes if p.version == peer.address.version)
+
     def effective_attributes(self) -> PathAttributes:
         """The attributes announced: a backup region's path is made worse by `backup`."""
         attrs = self.attributes
@@ -202,12 +209,18 @@ def parse_region(doc: Any, *, source: str = "") -> RegionSettings:
     router_id = c.get(doc, ("routerId",), _router_id, required=True) or ipaddress.IPv4Address("0.0.0.1")
     local_as = c.get(doc, ("localAs",), _asn, required=True) or 1
     role = c.get(doc, ("role",), _choice("primary", "backup")) or "primary"
-    prefixes = tuple(c.items(doc, ("prefixes",), _prefix, required=True))
-    for index, dup in _duplicates(prefixes):
+    # (index in the file, value) for each element that parsed: a bad element is left out, and later messages
+    # must still name the others by their place in the file
+    prefix_elements = c.elements(doc, ("prefixes",), required=True)
+    prefix_items = c.parse_each(prefix_elements, _prefix)
+    for index, dup in _duplicates(prefix_items):
         c.add(("prefixes", index), f"duplicate of prefixes[{dup}]")
-    peers = tuple(p for loc, item in c.elements(doc, ("peers",), required=True) if (p := _peer(c, loc, item)))
-    for index, dup in _duplicates([p.address for p in peers]):
+    peer_elements = c.elements(doc, ("peers",), required=True)
+    peer_items = [(int(loc[-1]), p) for loc, item in peer_elements if (p := _peer(c, loc, item))]
+    for index, dup in _duplicates([(i, p.address) for i, p in peer_items]):
         c.add(("peers", index, "address"), f"duplicate peer (same address as peers[{dup}])")
+    prefixes = tuple(p for _, p in prefix_items)
+    peers = tuple(p for _, p in peer_items)
 
     attrs_doc = c.section(doc, "attributes", {"med", "asPathPrepend", "communities"})
     communities = c.items(attrs_doc, ("attributes", "communities"), _community)
@@ -247,13 +260,27 @@ def parse_region(doc: Any, *, source: str = "") -> RegionSettings:
 
     settings = RegionSettings(region, router_id, local_as, prefixes, peers, role, attributes, backup, readiness,
                               damping, graceful, state_dir, speaker, source)
-    _cross_checks(c, settings)
+    _cross_checks(c, settings, _Places(
+        prefixes=tuple(i for i, _ in prefix_items), peers=tuple(i for i, _ in peer_items),
+        all_prefixes=len(prefix_items) == len(prefix_elements),
+        all_peers=len(peer_items) == len(peer_elements)))
     if c.violations:
         raise ValidationError(source, c.violations)
     return settings
 
 
-def _cross_checks(c: _Checker, s: RegionSettings) -> None:
+@dataclass(frozen=True)
+class _Places:
+    """Where the parsed prefixes and peers are in the file (`prefixes[i]` is at `prefixes[self.prefixes[i]]`), and
+    whether every element parsed."""
+
+    prefixes: tuple[int, ...]
+    peers: tuple[int, ...]
+    all_prefixes: bool
+    all_peers: bool
+
+
+def _cross_checks(c: _Checker, s: RegionSettings, places: _Places) -> None:
     effective = s.effective_attributes()
     if s.is_backup and not (s.backup.extra_prepend or s.backup.med_increase):
         c.add(("backup",), "a backup region must announce a worse path: set extraPrepend or medIncrease above 0")
@@ -262,26 +289,38 @@ def _cross_checks(c: _Checker, s: RegionSettings) -> None:
                                           f"more than {MAX_PREPEND}")
     if effective.med is not None and effective.med > MAX_ASN:
         c.add(("backup", "medIncrease"), f"attributes.med + backup.medIncrease exceeds {MAX_ASN}")
-    for index, peer in enumerate(s.peers):
+    for index, peer in zip(places.peers, s.peers, strict=True):
         if peer.asn == s.local_as and effective.prepend:
             c.add(("peers", index, "as"), "an iBGP peer (same AS as localAs) cannot be sent AS-path prepends "
                                           "(asPathPrepend, or backup.extraPrepend with role backup)")
-        for pindex, prefix in enumerate(s.prefixes):
-            if prefix.version != peer.address.version:
-                c.add(("prefixes", pindex), f"an IPv{prefix.version} prefix needs IPv{prefix.version} peers: "
-                                            f"next-hop self is the session's own address (peers[{index}] is "
-                                            f"IPv{peer.address.version})")
-                break
+    # Each prefix goes only to the peers of its family (`prefixes_for`). The two checks below are skipped while an
+    # element of the other list is invalid: that element may be the very peer, or prefix, that looks missing.
+    peer_versions = {p.address.version for p in s.peers}
+    prefix_versions = {p.version for p in s.prefixes}
+    if places.all_peers and s.peers:
+        for index, prefix in zip(places.prefixes, s.prefixes, strict=True):
+            if prefix.version not in peer_versions:
+                c.add(("prefixes", index), f"an IPv{prefix.version} prefix needs an IPv{prefix.version} peer, and "
+                                           f"no peer is IPv{prefix.version}: each prefix is announced only to the "
+                                           "peers of its family (next-hop self is the session's own address)")
+    if places.all_prefixes and s.prefixes:
+        for index, peer in zip(places.peers, s.peers, strict=True):
+            version = peer.address.version
+            if version not in prefix_versions:
+                c.add(("peers", index), f"an IPv{version} peer would carry nothing: no prefix is IPv{version}, and "
+                                        "each prefix is announced only to the peers of its family (add an "
+                                        f"IPv{version} prefix or remove the peer)")
 
 
 def _default(value: T | None, default: T) -> T:
     return default if value is None else value
 
 
-def _duplicates(values: Sequence[object]) -> list[tuple[int, int]]:
+def _duplicates(items: Sequence[tuple[int, object]]) -> list[tuple[int, int]]:
+    """(index, index of the first equal value) for each repeated value of (index, value) pairs."""
     seen: dict[object, int] = {}
     out = []
-    for index, value in enumerate(values):
+    for index, value in items:
         if value in seen:
             out.append((index, seen[value]))
         else:
@@ -347,10 +386,14 @@ class _Checker:
 
     def items(self, doc: Mapping[Any, Any], loc: Loc, parse: Callable[[Any], T], *,
               required: bool = False) -> list[T]:
+        return [value for _, value in self.parse_each(self.elements(doc, loc, required=required), parse)]
+
+    def parse_each(self, elements: list[tuple[Loc, Any]], parse: Callable[[Any], T]) -> list[tuple[int, T]]:
+        """(index in the list, value) for each element that parses; the others are violations."""
         out = []
-        for item_loc, item in self.elements(doc, loc, required=required):
+        for item_loc, item in elements:
             try:
-                out.append(parse(item))
+                out.append((int(item_loc[-1]), parse(item)))
             except _Invalid as exc:
                 self.add(item_loc, str(exc))
         return out

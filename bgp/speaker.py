@@ -9,14 +9,15 @@ ExaBGP starts this program with a pipe on each side: we write text API commands 
 - `_probe_loop` ticks every `readiness.interval` (100 ms) on a fixed cadence: it reads the drain flag (a file),
   probes the gateway's readiness URL on loopback (`GET`, 200 = ready; any other status, a refused connection or no
   answer within `readiness.timeout` = unready; an unready answer whose JSON body says `"draining": true` = drained,
-  like the flag), feeds the outcome to the `Damper` (bgp/fsm.py) and sends what it
-  decides, one command per peer and prefix, flushed at once. Every change, and at least once a second, it
-  rewrites the status file.
+  like the flag), feeds the outcome to the `Damper` (bgp/fsm.py) and sends what it decides, one command per peer
+  and prefix that peer carries (`RegionSettings.prefixes_for`: a dual-stack region's IPv4 prefixes go to its IPv4
+  peers only, its IPv6 prefixes to its IPv6 peers only), flushed at once. Every change, and at least once a
+  second, it rewrites the status file.
 A command ExaBGP refuses (`error`) leaves ExaBGP's view uncertain: the speaker re-sends its current decision, at
 most every `RESYNC_EVERY` seconds, until ExaBGP accepts it.
 With graceful restart on, exabgp.conf sets `manual-eor`: when a session comes up (`neighbor A up`), the speaker
-sends End-of-RIB once it has decided (or after `EOR_DEADLINE`), so a restarted ExaBGP does not make the router
-flush the stale route moments before the new speaker re-announces it.
+sends End-of-RIB for the family that session carries once it has decided (or after `EOR_DEADLINE`), so a restarted
+ExaBGP does not make the router flush the stale route moments before the new speaker re-announces it.
 The speaker keeps no state across restarts on purpose: ExaBGP keeps a dead speaker's routes and respawns it, and the
 new one starts UNKNOWN and asserts its first decision either way (see bgp/fsm.py).
 """
@@ -159,8 +160,8 @@ class Speaker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
-        log.info("region %s (%s): prefixes %s to %s; probing %s every %.0f ms; rise %d, fall %d",
-                 s.region, s.role, " ".join(map(str, s.prefixes)), " ".join(str(p.address) for p in s.peers),
+        routes = "; ".join(f"{' '.join(map(str, s.prefixes_for(p)))} to {p.address}" for p in s.peers)
+        log.info("region %s (%s): %s; probing %s every %.0f ms; rise %d, fall %d", s.region, s.role, routes,
                  s.readiness.url, s.readiness.interval * 1000, s.damping.rise, s.damping.fall)
         stdin = trio.lowlevel.FdStream(os.dup(self._stdin_fd))
         stdout = trio.lowlevel.FdStream(os.dup(self._stdout_fd))
@@ -273,7 +274,7 @@ class Speaker:
             if due is None or not (decided or now >= due):
                 continue
             del self._eor_due[str(peer.address)]
-            for version in sorted({p.version for p in self.settings.prefixes}):
+            for version in sorted({p.version for p in self.settings.prefixes_for(peer)}):
                 payload += self.channel.send(eor_command(peer, version))
                 self._sent += 1
         if payload:
@@ -290,7 +291,7 @@ class Speaker:
         s = self.settings
         payload = bytearray()
         for peer in s.peers:
-            for prefix in s.prefixes:
+            for prefix in s.prefixes_for(peer):
                 command = (announce_command(peer, prefix, self._attrs, s.local_as) if action is Action.ANNOUNCE
                            else withdraw_command(peer, prefix))
                 payload += self.channel.send(command)
@@ -306,6 +307,7 @@ class Speaker:
             "state": d.state.value, "announced": d.announced, "since": self._since, "reason": self._reason,
             "prefixes": [str(p) for p in s.prefixes],
             "peers": [f"{p.address} (AS{p.asn})" for p in s.peers],
+            "peerPrefixes": {str(p.address): [str(x) for x in s.prefixes_for(p)] for p in s.peers},
             "attributes": {"med": self._attrs.med, "prepend": self._attrs.prepend,
                            "asPath": {str(p.address): list(as_path(p, self._attrs, s.local_as)) for p in s.peers},
                            "communities": list(self._attrs.communities + self._attrs.large_communities)},

@@ -49,6 +49,13 @@ def _ago(now: float, then: float | None) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
+def _only(prefixes: list[str] | None, doc: dict[str, Any]) -> str:
+    """A peer's prefixes, when it does not carry them all (a dual-stack region: each prefix goes to its family)."""
+    if prefixes is None or prefixes == doc.get("prefixes"):
+        return ""
+    return f" [{' '.join(prefixes) or 'nothing'}]"
+
+
 def format_status(doc: dict[str, Any], now: float | None = None) -> str:
     """The status for people: one fact per line, the reason for the current state first."""
     now = time.time() if now is None else now
@@ -67,7 +74,9 @@ def format_status(doc: dict[str, Any], now: float | None = None) -> str:
                  f"{' '.join(attrs.get('communities') or []) or '-'}")
     peers = doc.get("peers") or []
     sessions = doc.get("sessions") or {}
-    described = [f"{p} {sessions.get(p.split()[0], '')}".strip() for p in peers]
+    carried = doc.get("peerPrefixes") or {}
+    described = [f"{p} {sessions.get(p.split()[0], '')}".strip() + _only(carried.get(p.split()[0]), doc)
+                 for p in peers]
     lines.append(f"  peers: {', '.join(described) or '-'}")
     lines.append(f"  drained: {'yes' if doc.get('drained') else 'no'} (flag file {doc.get('drainFile')})")
     probe = doc.get("lastProbe") or {}

@@ -121,6 +121,14 @@ class Bird:
             raise RuntimeError(f"birdc show route: {result.stdout}{result.stderr}")
         return parse_show_route_all(result.stdout)
 
+    def prefixes(self, protocol: str) -> list[str]:
+        """Every prefix BIRD holds from `protocol` (`show route protocol NAME`), whatever its table."""
+        result = self.birdc("show", "route", "protocol", protocol, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"birdc show route protocol {protocol}: {result.stdout}{result.stderr}")
+        return [line.split()[0] for line in result.stdout.splitlines()
+                if line[:1].strip() and " unicast [" in line]  # a route's first line starts with its prefix
+
     def session_up(self, name: str) -> bool:
         return "Established" in self.birdc("show", "protocols", name, check=False).stdout
 

@@ -40,6 +40,14 @@ AP: dict[str, Any] = {
 }
 
 
+DUAL: dict[str, Any] = {  # dual-stack: IPv4 and IPv6 sessions to the same two routers, a prefix of each family
+    **EU, "prefixes": ["198.51.100.1/32", "2001:db8:ff::1/128"],
+    "peers": [{"address": "10.255.1.1", "as": 65000, "localAddress": "10.255.1.2"},
+              {"address": "2001:db8:1::1", "as": 65000, "localAddress": "2001:db8:1::2"},
+              {"address": "10.255.3.1", "as": 65100}, {"address": "2001:db8:3::1", "as": 65100}],
+}
+
+
 def settings_of(doc: dict[str, Any], **changes: Any) -> Any:
     out = copy.deepcopy(doc)
     out.update(changes)
@@ -62,6 +70,25 @@ def test_render_has_one_process_and_a_neighbor_per_peer() -> None:
     assert "announce route" not in text  # the speaker announces, never the config
 
 
+def neighbor_families(text: str) -> dict[str, list[str]]:
+    """neighbor address -> the families its block lists."""
+    out: dict[str, list[str]] = {}
+    for block in text.split("\nneighbor ")[1:]:
+        address = block.split()[0]
+        family = block.split("    family {\n")[1].split("    }")[0]
+        out[address] = [line.strip().rstrip(";") for line in family.splitlines()]
+    return out
+
+
+def test_render_lists_for_each_neighbor_only_the_families_it_carries() -> None:
+    text = render_exabgp_conf(settings_of(DUAL, gracefulRestart=30))
+    assert neighbor_families(text) == {"10.255.1.1": ["ipv4 unicast"], "2001:db8:1::1": ["ipv6 unicast"],
+                                       "10.255.3.1": ["ipv4 unicast"], "2001:db8:3::1": ["ipv6 unicast"]}
+    assert "#   198.51.100.1/32 2001:db8:ff::1/128" in text
+    assert neighbor_families(render_exabgp_conf(settings_of(EU))) == {"10.255.1.1": ["ipv4 unicast"],
+                                                                     "10.255.1.5": ["ipv4 unicast"]}
+
+
 def test_render_graceful_restart_sends_eor_manually() -> None:
     text = render_exabgp_conf(settings_of(EU, gracefulRestart=30))
     assert text.count("graceful-restart 30;") == 2 and text.count("manual-eor true;") == 2
@@ -74,7 +101,7 @@ def test_render_backup_comment_shows_the_worse_path() -> None:
 
 @pytest.mark.parametrize("variant", [EU, US, {**EU, "gracefulRestart": 120}, {
     **EU, "routerId": "10.0.0.1", "prefixes": ["2001:db8:1::/48"],
-    "peers": [{"address": "2001:db8::1", "as": 65000, "localAddress": "2001:db8::2"}]}])
+    "peers": [{"address": "2001:db8::1", "as": 65000, "localAddress": "2001:db8::2"}]}, {**DUAL, "gracefulRestart": 5}])
 def test_exabgp_accepts_the_rendered_config(tmp_path: Path, variant: dict[str, Any]) -> None:
     conf = tmp_path / "exabgp.conf"
     conf.write_text(render_exabgp_conf(settings_of(variant)))
@@ -119,6 +146,15 @@ def test_a_new_region_that_only_backs_up_a_new_prefix_is_refused() -> None:
     new = settings_of(US, region="sa-east", prefixes=["192.0.2.0/24"])
     [violation] = check_coverage(current(), new)
     assert violation.path == "192.0.2.0/24" and "only by backup regions (sa-east)" in violation.message
+
+
+def test_a_dual_stack_region_dropping_one_family_is_refused_for_that_prefix_only() -> None:
+    ipv4_only = {**DUAL, "prefixes": ["198.51.100.1/32"], "peers": DUAL["peers"][::2]}
+    regions = [settings_of(DUAL), settings_of(AP)]
+    [violation] = check_coverage(regions, settings_of(ipv4_only))
+    assert violation.path == "2001:db8:ff::1/128" and "announced by no region (now announced by eu-west)" in str(
+        violation)
+    assert check_coverage([settings_of(DUAL)], settings_of(DUAL, attributes={"med": 5})) == []
 
 
 POOL = ["198.51.100.1/32", "198.51.100.2/32", "192.0.2.0/24"]
@@ -233,6 +269,19 @@ def test_status_text_says_what_and_why() -> None:
     assert "NOT ANNOUNCED (state suppressed" in text and "why: held withdrawn: the gateway flapped" in text
     assert "10.255.1.1 (AS65000) established" in text and "RRURRU" in text and "STALE" not in text
     assert "STALE" in format_status(STATUS, now=1010.0)
+
+
+def test_status_text_shows_what_each_peer_carries_when_not_everything() -> None:
+    doc = {**STATUS, "prefixes": ["198.51.100.1/32", "2001:db8:ff::1/128"],
+           "peers": ["10.255.1.1 (AS65000)", "2001:db8:1::1 (AS65000)"],
+           "sessions": {"10.255.1.1": "established", "2001:db8:1::1": "not established"},
+           "peerPrefixes": {"10.255.1.1": ["198.51.100.1/32"], "2001:db8:1::1": ["2001:db8:ff::1/128"]}}
+    text = format_status(doc, now=1000.5)
+    assert ("peers: 10.255.1.1 (AS65000) established [198.51.100.1/32], 2001:db8:1::1 (AS65000) not established "
+            "[2001:db8:ff::1/128]") in text
+    # a single-family region's peers carry everything: nothing added
+    same = {**STATUS, "peerPrefixes": {"10.255.1.1": ["198.51.100.1/32"]}}
+    assert "peers: 10.255.1.1 (AS65000) established\n" in format_status(same, now=1000.5)
 
 
 def test_status_command(tmp_path: Path) -> None:

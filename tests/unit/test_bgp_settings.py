@@ -192,7 +192,11 @@ def test_several_violations_are_reported_together() -> None:
     ({"peers": [{"address": "10.0.0.1", "as": 65000}, {"address": "10.0.0.1", "as": 65002}]},
      "peers[1].address: duplicate peer (same address as peers[0])"),
     ({"prefixes": ["198.51.100.1/32", "198.51.100.1/32"]}, "prefixes[1]: duplicate of prefixes[0]"),
-    ({"prefixes": ["2001:db8::/48"]}, "prefixes[0]: an IPv6 prefix needs IPv6 peers"),
+    ({"prefixes": ["198.51.100.1/32", "2001:db8::/48"]},
+     "prefixes[1]: an IPv6 prefix needs an IPv6 peer, and no peer is IPv6"),
+    ({"prefixes": ["198.51.100.1/32"], "peers": [{"address": "10.0.0.1", "as": 65000},
+                                                 {"address": "2001:db8::1", "as": 65000}]},
+     "peers[1]: an IPv6 peer would carry nothing: no prefix is IPv6"),
     ({"peers": [{"address": "10.0.0.1", "as": 65001}], "attributes": {"asPathPrepend": 2}},
      "peers[0].as: an iBGP peer (same AS as localAs) cannot be sent AS-path prepends"),
     ({"role": "backup", "backup": {"extraPrepend": 0, "medIncrease": 0}},
@@ -210,6 +214,67 @@ def test_several_violations_are_reported_together() -> None:
 ])
 def test_rules(changes: dict[str, Any], expected: str) -> None:
     assert expected in error(doc(**changes))
+
+
+# --- dual-stack: each prefix goes to the peers of its family ---------------------------------------------------------
+
+DUAL: dict[str, Any] = doc(
+    prefixes=["198.51.100.1/32", "2001:db8:ff::1/128", "192.0.2.0/24"],
+    peers=[{"address": "10.255.1.1", "as": 65000, "localAddress": "10.255.1.2"},
+           {"address": "2001:db8:1::1", "as": 65000, "localAddress": "2001:db8:1::2"},
+           {"address": "10.255.3.1", "as": 65100}])
+
+
+def test_a_dual_stack_region_is_accepted_and_each_peer_carries_its_family() -> None:
+    s = parse_region(DUAL)
+    carried = {str(p.address): [str(x) for x in s.prefixes_for(p)] for p in s.peers}
+    assert carried == {"10.255.1.1": ["198.51.100.1/32", "192.0.2.0/24"], "2001:db8:1::1": ["2001:db8:ff::1/128"],
+                       "10.255.3.1": ["198.51.100.1/32", "192.0.2.0/24"]}
+
+
+def test_the_family_errors_name_the_place_in_the_file_past_an_invalid_element() -> None:
+    # prefixes[0] is invalid: the IPv6 prefix is still prefixes[2] (a peer that parses with a bad hold time counts)
+    message = error(doc(prefixes=["198.51.100.1", "198.51.100.1/32", "2001:db8::/48"],
+                        peers=[{"address": "10.0.0.1", "as": 65000, "holdTime": 1}]))
+    assert "prefixes[0]: " in message and "prefixes[2]: an IPv6 prefix needs an IPv6 peer" in message
+    # with a prefix unreadable, no peer is blamed for carrying nothing: the bad one may have been its prefix
+    message = error(doc(prefixes=["2001:db8::1", "198.51.100.1/32"],
+                        peers=[{"address": "10.0.0.1", "as": 65000}, {"address": "2001:db8::9", "as": 65000}]))
+    assert message == 'region.yaml: prefixes[0]: "2001:db8::1" has no prefix length (e.g. 2001:db8::1/128)'
+    # likewise a peer that does not parse: no prefix is said to lack a peer of its family
+    message = error(doc(prefixes=["198.51.100.1/32", "2001:db8::/48"],
+                        peers=[{"address": "10.0.0.1", "as": 65000}, {"address": "2001:db8::x", "as": 65000}]))
+    assert message == 'region.yaml: peers[1].address: "2001:db8::x" is not an IP address'
+    message = error(doc(prefixes=[1, "198.51.100.1/32", "198.51.100.1/32"],
+                        peers=[{"as": 65000}, {"address": "10.0.0.1", "as": 65001}], attributes={"asPathPrepend": 1}))
+    assert "prefixes[2]: duplicate of prefixes[1]" in message and "peers[1].as: an iBGP peer" in message
+
+
+families = st.lists(st.sampled_from([4, 6]), min_size=1, max_size=5)
+
+
+@settings(max_examples=300)
+@given(families, families)
+def test_family_rules_match_a_model(prefix_families: list[int], peer_families: list[int]) -> None:
+    """Refused exactly when a prefix has no peer of its family (at prefixes[i]) or a peer has no prefix of its family
+    (at peers[i]); accepted, every peer carries exactly the prefixes of its family and every prefix reaches a peer."""
+    prefixes = [f"198.51.100.{i + 1}/32" if v == 4 else f"2001:db8:ff::{i + 1}/128"
+                for i, v in enumerate(prefix_families)]
+    peers = [{"address": f"10.0.0.{i + 1}" if v == 4 else f"2001:db8::{i + 1}", "as": 65000}
+             for i, v in enumerate(peer_families)]
+    document = doc(prefixes=prefixes, peers=peers)
+    expected = ({f"prefixes[{i}]" for i, v in enumerate(prefix_families) if v not in peer_families}
+                | {f"peers[{i}]" for i, v in enumerate(peer_families) if v not in prefix_families})
+    if not expected:
+        s = parse_region(document)
+        for peer in s.peers:
+            assert [str(p) for p in s.prefixes_for(peer)] == [
+                p for p, v in zip(prefixes, prefix_families, strict=True) if v == peer.address.version]
+        assert {p for peer in s.peers for p in s.prefixes_for(peer)} == set(s.prefixes)
+        return
+    message = error(document).removeprefix("region.yaml: ")
+    named = {part.split(": ")[0] for part in message.split("; ")}
+    assert named == expected, message
 
 
 def test_not_a_mapping() -> None:

@@ -218,6 +218,70 @@ async def test_graceful_restart_sends_end_of_rib_after_deciding(tmp_path: Path) 
             assert status["sessions"] == {"10.255.1.1": "down: hold timer expired"}
 
 
+DUAL_PEERS = [{"address": "10.255.1.1", "as": 65000}, {"address": "2001:db8:1::1", "as": 65000},
+              {"address": "10.255.3.1", "as": 65001}]  # the last over iBGP: no AS path
+DUAL_PREFIXES = ["198.51.100.1/32", "2001:db8:ff::1/128", "192.0.2.0/24"]
+
+
+def dual_commands(verb: str) -> set[str]:
+    """What a dual-stack region must send: each prefix to the peers of its family, and nothing else."""
+    tail = {("announce", 65000): " next-hop self med 100 as-path [ 65001 ]",
+            ("announce", 65001): " next-hop self med 100",
+            ("withdraw", 65000): " next-hop self", ("withdraw", 65001): " next-hop self"}
+    return {f"neighbor {peer} {verb} route {prefix}{tail[verb, asn]}"
+            for peer, asn, prefixes in [("10.255.1.1", 65000, ["198.51.100.1/32", "192.0.2.0/24"]),
+                                        ("2001:db8:1::1", 65000, ["2001:db8:ff::1/128"]),
+                                        ("10.255.3.1", 65001, ["198.51.100.1/32", "192.0.2.0/24"])]
+            for prefix in prefixes}
+
+
+def family_mismatches(commands: list[str]) -> list[str]:
+    """Route commands whose prefix is not of the neighbor's family (an IPv4 prefix to an IPv6 peer, or the reverse)."""
+    out = []
+    for command in commands:
+        words = command.split()
+        if words[2] in ("announce", "withdraw") and words[3] == "route" and (":" in words[1]) != (":" in words[4]):
+            out.append(command)
+    return out
+
+
+async def test_a_dual_stack_region_sends_each_prefix_only_to_the_peers_of_its_family(tmp_path: Path) -> None:
+    announce, withdraw = dual_commands("announce"), dual_commands("withdraw")
+    n = len(announce)
+    async with gateway_running() as gw:
+        settings = region(tmp_path, gw.port, prefixes=DUAL_PREFIXES, peers=DUAL_PEERS)
+        async with speaker_running(settings) as (fake, _):
+            await fake.wait_for(lambda c: len(c) >= n)
+            assert set(fake.commands) == announce and len(fake.commands) == n
+            gw.mode = "503"
+            await fake.wait_for(lambda c: len(c) >= 2 * n)
+            assert set(fake.commands[n:]) == withdraw and len(fake.commands) == 2 * n
+            gw.mode = "200"
+            await fake.wait_for(lambda c: len(c) >= 3 * n)
+            assert set(fake.commands[2 * n:]) == announce
+            assert family_mismatches(fake.commands) == []
+            await trio.sleep(0.05)  # the status file is written right after the commands
+            status = json.loads((tmp_path / "eu-west.status.json").read_text())
+            assert status["peerPrefixes"] == {"10.255.1.1": ["198.51.100.1/32", "192.0.2.0/24"],
+                                              "2001:db8:1::1": ["2001:db8:ff::1/128"],
+                                              "10.255.3.1": ["198.51.100.1/32", "192.0.2.0/24"]}
+
+
+async def test_a_dual_stack_region_sends_end_of_rib_per_peer_for_its_families_only(tmp_path: Path) -> None:
+    async with gateway_running() as gw:
+        settings = region(tmp_path, gw.port, prefixes=DUAL_PREFIXES, peers=DUAL_PEERS, gracefulRestart=5)
+        async with speaker_running(settings) as (fake, _):
+            await fake.wait_for(lambda c: len(c) >= len(dual_commands("announce")))
+            await fake.send(b"neighbor 2001:db8:1::1 up\nneighbor 10.255.1.1 up\n")
+            await fake.wait_for(lambda c: sum("eor" in x for x in c) >= 2)
+            await fake.send(b"neighbor 10.255.3.1 up\n")
+            await fake.wait_for(lambda c: sum("eor" in x for x in c) >= 3)
+            await trio.sleep(0.2)  # two more probes: no further End-of-RIB may follow
+            assert sorted(c for c in fake.commands if "eor" in c) == [
+                "neighbor 10.255.1.1 announce eor ipv4 unicast", "neighbor 10.255.3.1 announce eor ipv4 unicast",
+                "neighbor 2001:db8:1::1 announce eor ipv6 unicast"]
+
+
 async def test_shutdown_message_ends_the_speaker(tmp_path: Path) -> None:
     async with gateway_running() as gw, speaker_running(region(tmp_path, gw.port)) as (fake, finished):
         await fake.wait_for(lambda c: ANNOUNCE in c)  # a loaded machine may also see a probe time out
