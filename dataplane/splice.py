@@ -18,6 +18,7 @@ async def _copy(source: trio.abc.ReceiveStream, sink: trio.abc.SendStream, idle:
             break
         await sink.send_all(data)
         counts[index] += len(data)  # as cheap as a local total, and readable while the splice runs
+        counts[2] = index
     if isinstance(sink, trio.abc.HalfCloseableStream):
         await sink.send_eof()  # the other direction goes on: half-closed connections keep working
 
@@ -38,13 +39,15 @@ async def splice(a: trio.abc.Stream, b: trio.abc.Stream, *, idle_timeout: float 
     """Copy a→b and b→a until both directions end, either fails, or nothing moves for `idle_timeout`.
 
     Returns the bytes copied each way (a→b, b→a), those copied before an error or the idle timeout included.
-    `counts`, when given, is a list of two ints that the splice adds to as it copies (a→b, b→a), so that the caller
-    can read them while it runs (the zone ingress reports the bytes of long-lived connections as they move).
+    `counts`, when given, is a list of three ints: the bytes the splice adds to as it copies (a→b, b→a), and which
+    of the two moved last (0 or 1; -1 before any), so that the caller can read them while it runs (the zone ingress
+    reports the bytes of long-lived connections as they move, and tells an idle connection from one waiting for an
+    answer when it drains).
     Errors of either stream end the splice quietly: the caller closes both.
     """
     idle = IdleTimer(idle_timeout)
     if counts is None:
-        counts = [0, 0]
+        counts = [0, 0, -1]
     before = counts[0], counts[1]
 
     async def one_way(index: int, source: trio.abc.Stream, sink: trio.abc.Stream, done: trio.CancelScope) -> None:

@@ -157,6 +157,11 @@ def build_app(cp: ZoneControlPlane) -> FastAPI:
         claims = cp.verify_zone_token(authorization, INGRESS)
         return await cp.ingress_endpoints(claims, advertise, after)
 
+    @app.post("/v1/ingress/leave", summary="A draining zone ingress stops being published to other zones")
+    async def ingress_leave(advertise: str, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+        claims = cp.verify_zone_token(authorization, INGRESS)
+        return {"left": cp.ingress_leaving(claims, advertise)}
+
     @app.post("/v1/dataplanes/register", status_code=200, summary="Register (create or update) a Dataplane")
     async def register(
         doc: dict[str, Any] = Body(...), authorization: str | None = Header(default=None)

@@ -351,9 +351,22 @@ class ZoneControlPlane:
         if after is not None and after == self.inventory.generation:
             with trio.move_on_after(wait):
                 await self.wait_changed(after)
-        self.ingresses[address] = trio.current_time()
+        if address in self.ingresses:  # not if it said it is leaving meanwhile
+            self.ingresses[address] = trio.current_time()
         return {"generation": self.inventory.generation, "zone": self.config.zone,
                 "endpoints": self.inventory.local_endpoints()}
+
+    def ingress_leaving(self, claims: TokenClaims, address: str) -> bool:
+        """A draining ingress: no longer published to other zones (their sidecars stop calling it within a second
+        or two) rather than INGRESS_TTL after its last poll. False if it was not published."""
+        if claims.zone != self.config.zone:
+            raise Forbidden(f"the ingress token is for zone {claims.zone!r}, this is zone {self.config.zone!r}")
+        if self.ingresses.pop(address, None) is None:
+            return False
+        log.info("zone ingress %s is leaving: no longer published", address)
+        self.inventory.touch()
+        self._notify()
+        return True
 
     def changed(self) -> None:
         """The inventory changed outside the store (federation): sidecars recompute their snapshots."""

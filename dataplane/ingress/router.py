@@ -19,6 +19,15 @@ the upstream connect took, and the bytes each way, which the splice adds to whil
 `IngressServer` listens on an address and runs `route_by_sni` per connection; what it routes to is the `resolve`
 callable it is given, so the zone control plane's endpoints plug in without touching the IO. Its `statistics()`
 are plain data, per destination service; the CLI turns them into Prometheus metrics.
+
+Drain (`IngressServer.drain`): the ingress cannot tell a caller to go (TLS is end to end), so the caller's zone must
+stop sending it calls first; the CLI asks its zone CP to unpublish it, which takes a second or two to reach other
+zones' sidecars. The listener closes at once (a caller's new connection is refused, and its sidecar dials another
+endpoint), connections the kernel had queued are served, and a spliced connection is closed once it has been idle
+for `quiet` seconds after bytes went back to the caller: an answer came and nothing was asked since. One whose last
+bytes went to the endpoint may be waiting for an answer and is left to finish, up to the drain's grace. A caller
+that picks a pooled connection the ingress has just closed sees it closed before anything of an answer and sends
+its request again on a new connection, to another ingress.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
@@ -34,7 +44,7 @@ from dataplane.ingress.sni import MAX_HELLO, Hello, NotClientHello, parse_client
 from dataplane.ingress.stats import SPLICED, ConnectionMeter, IngressAccounts, IngressStatistics
 from dataplane.splice import splice
 from dataplane.transport.upstream import UpstreamError
-from meshcast.wire.leanio import LeanSocketStream, listen_tcp, open_lean_tcp_stream, serve_lean
+from meshcast.wire.leanio import LeanSocketStream, accept_queued, listen_tcp, open_lean_tcp_stream, serve_lean
 from meshcast.wire.sni import parse_service_sni
 
 log = logging.getLogger("meshcast.dataplane.ingress")
@@ -57,6 +67,8 @@ ALERT_HANDSHAKE_FAILURE = 40
 ALERT_UNRECOGNIZED_NAME = 112
 
 CONNECT_ATTEMPTS = 3  # as the sidecar (dataplane.sidecar.CONNECT_ATTEMPTS)
+DRAIN_QUIET = 1.0  # seconds a drained connection stays idle after an answer before it is closed
+_DRAIN_POLL = 0.1
 _ALERT_TIMEOUT = 1.0  # a peer that does not even read its alert gets no more time than this
 _RECEIVE_SIZE = MAX_HELLO
 
@@ -198,10 +210,11 @@ async def _refused(downstream: trio.abc.Stream, buffered: bytes, meter: Connecti
 class IngressServer:
     """Listens on `address:port` and routes every connection with `route_by_sni`.
 
-    Owns its listening socket (opened by `run`, closed when `run` ends) and the connections it accepted: cancelling
-    `run` closes them all. `resolve` is called once per connection, from the connection's task; an exception from
-    it (or from a custom `dial`) is logged and closes that connection only (outcome "internal_error").
-    `statistics()` counts per destination service (`dataplane.ingress.stats`).
+    Owns its listening socket (opened by `run`, closed when `run` ends or `drain` starts) and the connections it
+    accepted: cancelling `run` closes them all; after `drain`, `run` returns once they are done. `resolve` is called
+    once per connection, from the connection's task; an exception from it (or from a custom `dial`) is logged and
+    closes that connection only (outcome "internal_error"). `statistics()` counts per destination service
+    (`dataplane.ingress.stats`).
     """
 
     def __init__(
@@ -223,28 +236,82 @@ class IngressServer:
         self.hello_timeout = hello_timeout
         self.idle_timeout = idle_timeout
         self.reuse_port = reuse_port
+        self.draining = False
         self._accounts = IngressAccounts()
+        self._listener: socket.socket | None = None
+        self._accepting = trio.CancelScope()
+        self._connections: trio.Nursery | None = None
+        self._active: dict[trio.CancelScope, ConnectionMeter] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen and serve until cancelled; raise OSError if the address cannot be bound."""
+        """Listen and serve until cancelled, or until drained; raise OSError if the address cannot be bound."""
         sock = listen_tcp(self.address, self.port, reuse_port=self.reuse_port)
+        self._listener = sock
         try:
             self.port = sock.getsockname()[1]
-            await serve_lean(sock, self._handle, task_status=task_status)
+            async with trio.open_nursery() as connections:  # outlives the accept loop while draining
+                self._connections = connections
+                with self._accepting:
+                    await serve_lean(sock, self._spawn, task_status=task_status)
         finally:
             sock.close()
+
+    @property
+    def active(self) -> int:
+        """Connections open now (being read, routed or spliced)."""
+        return len(self._active)
+
+    async def drain(self, grace: float, *, quiet: float = DRAIN_QUIET) -> bool:
+        """Stop accepting, then close each spliced connection once it is idle after an answer (see the module's
+        docstring), for at most `grace` seconds; the ones left are closed then. True if none had to be cut."""
+        self.draining = True
+        self._accepting.cancel()
+        sock = self._listener
+        if sock is not None and sock.fileno() != -1:
+            for conn in accept_queued(sock):  # completed by the kernel: served, not reset by the close
+                self._spawn_now(LeanSocketStream(conn))
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+        deadline = trio.current_time() + grace
+        moved: dict[trio.CancelScope, tuple[tuple[int, int], float]] = {}  # bytes each way, and since when
+        while self._active and trio.current_time() < deadline:
+            now = trio.current_time()
+            for scope, meter in list(self._active.items()):
+                counts = (meter.spliced[0], meter.spliced[1])
+                before = moved.get(scope)
+                if before is None or before[0] != counts:
+                    moved[scope] = (counts, now)
+                elif meter.outcome == SPLICED and meter.spliced[2] == 1 and now - before[1] >= quiet:
+                    scope.cancel()
+            await trio.sleep(_DRAIN_POLL)
+        cut = len(self._active)
+        for scope in list(self._active):
+            scope.cancel()
+        if cut:
+            log.warning("ingress drained: %d connection(s) still busy after %.1fs closed", cut, grace)
+        return cut == 0
 
     def statistics(self) -> IngressStatistics:
         return self._accounts.snapshot()
 
+    async def _spawn(self, stream: LeanSocketStream) -> None:
+        self._spawn_now(stream)
+
+    def _spawn_now(self, stream: LeanSocketStream) -> None:
+        assert self._connections is not None
+        self._connections.start_soon(self._handle, stream)
+
     async def _handle(self, stream: LeanSocketStream) -> None:
         meter = self._accounts.opened(trio.current_time())
-        try:
-            await route_by_sni(stream, self.resolve, self.dial, hello_timeout=self.hello_timeout,
-                               idle_timeout=self.idle_timeout, meter=meter)
-        except Exception:  # a bug in resolve or dial must not end the listener (serve_lean's nursery)
-            log.exception("ingress: routing a connection failed")
-            if meter.outcome is None:
-                meter.outcome = INTERNAL_ERROR
-        finally:
-            self._accounts.closed(meter, trio.current_time())
+        with trio.CancelScope() as scope:
+            self._active[scope] = meter
+            try:
+                await route_by_sni(stream, self.resolve, self.dial, hello_timeout=self.hello_timeout,
+                                   idle_timeout=self.idle_timeout, meter=meter)
+            except Exception:  # a bug in resolve or dial must not end the listener (serve_lean's nursery)
+                log.exception("ingress: routing a connection failed")
+                if meter.outcome is None:
+                    meter.outcome = INTERNAL_ERROR
+            finally:
+                del self._active[scope]
+                self._accounts.closed(meter, trio.current_time())

@@ -77,7 +77,8 @@ class ConnectionMeter:
     connect_seconds: float | None = None  # from the first dial to an endpoint accepting, failed attempts included
     read: int = 0  # bytes read from the caller before the splice (the ClientHello and anything sent with it)
     written: int = 0  # bytes written to the caller outside the splice (a TLS alert)
-    spliced: list[int] = field(default_factory=lambda: [0, 0])  # copied by the splice: to the endpoint, back
+    # copied by the splice: to the endpoint, back, and which of the two moved last (-1: nothing yet)
+    spliced: list[int] = field(default_factory=lambda: [0, 0, -1])
 
     @property
     def received(self) -> int:

@@ -463,9 +463,12 @@ def ingress_group() -> None:
               show_default=True, help="Where the last routing table is kept.")
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CA to verify an https zone control plane.")
+@click.option("--drain-timeout", type=float, default=30.0, show_default=True,
+              help="On SIGTERM: seconds to let spliced connections finish once other zones stop calling this "
+                   "ingress; busy ones are closed then.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def ingress_run(cp_url: str, log_level: str, **options: Any) -> None:
-    """Run a zone ingress until SIGTERM or SIGINT."""
+    """Run a zone ingress until SIGTERM or SIGINT (then drain)."""
     from meshcast.cli.run_ingress import run_ingress
 
     _logging(log_level)

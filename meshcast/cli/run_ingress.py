@@ -7,6 +7,10 @@ other zones' sidecars send it their cross-zone calls. Each answer replaces the r
 in flight keep their endpoint) and is saved to `<state_dir>/endpoints.json`, so an ingress restarted while its CP
 is down routes with the last table. Endpoints of a service are tried in rotating order, so connections spread over
 the instances. A refused token (forged, expired, another zone's) stops the ingress with a one-line error.
+
+SIGTERM or SIGINT drains it: it stops polling, tells its zone CP it is leaving (`POST /v1/ingress/leave`: the zone
+stops publishing it, and other zones' sidecars stop calling it within a second or two instead of after
+INGRESS_TTL), answers 503 on /ready, and drains its server (`IngressServer.drain`) for up to --drain-timeout.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ if TYPE_CHECKING:  # imported when run: the CLI's other commands start without t
 log = logging.getLogger("meshcast.ingress")
 
 POLL_TIMEOUT = 30.0  # the CP answers within 20 s when nothing changes
+LEAVE_TIMEOUT = 2.0  # for telling the zone CP the ingress is leaving; without it the zone unpublishes it after 30 s
 STATE_FILE = "endpoints.json"
 
 Table = dict[str, dict[str, list[tuple[str, int]]]]
@@ -124,16 +129,38 @@ async def follow_control_plane(routes: IngressRoutes, cp: str, token: str, adver
             routes.connected, routes.last_error, backoff = True, None, 0.1
 
 
+async def leave(cp: str, token: str, advertise: str, ca_file: Path | None = None) -> None:
+    """Tell the zone CP this ingress is leaving (best effort, within LEAVE_TIMEOUT: a drain does not wait on it)."""
+    import ssl
+
+    import httpx
+
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+    try:
+        async with httpx.AsyncClient(timeout=LEAVE_TIMEOUT, verify=verify) as client:
+            response = await client.post(f"{cp}/v1/ingress/leave", params={"advertise": advertise},
+                                         headers={"authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        log.warning("could not tell the zone control plane this ingress is leaving (%r): other zones keep "
+                    "calling it until it stops publishing it", exc)
+        return
+    if response.status_code != 200:
+        log.warning("the zone control plane refused this ingress's leave: %s (HTTP %d)",
+                    api_error_message(response), response.status_code)
+        return
+    log.info("the zone control plane no longer publishes this ingress (%s)", advertise)
+
+
 def _admin_handler(routes: IngressRoutes, server: Any, registry: Any) -> Any:
     from dataplane.admin import json_response, metrics_response
 
     def handle(method: str, target: str) -> Any:
         path = target.split("?", 1)[0]
         if path == "/ready":
-            ready = routes.loaded and server.port != 0
+            ready = routes.loaded and server.port != 0 and not server.draining
             return json_response(200 if ready else 503, {
-                "ready": ready, "connectedToControlPlane": routes.connected, "services": routes.count(),
-                "lastError": routes.last_error})
+                "ready": ready, "draining": server.draining, "connectedToControlPlane": routes.connected,
+                "services": routes.count(), "lastError": routes.last_error, "activeConnections": server.active})
         if path == "/metrics":
             return metrics_response(registry)
         if path == "/config":
@@ -189,7 +216,7 @@ def ingress_registry(statistics: Callable[[], IngressStatistics]) -> Any:
 
 
 def run_ingress(*, cp: str, token_file: Path, addr: str, advertise_addr: str | None, admin_addr: str,
-                state_dir: Path, ca_file: Path | None = None) -> None:
+                state_dir: Path, ca_file: Path | None = None, drain_timeout: float = 30.0) -> None:
     from dataplane.admin import serve_http
     from dataplane.ingress.router import IngressServer, resolve_service_sni
     from meshcast.wire.leanio import listen_tcp
@@ -217,12 +244,24 @@ def run_ingress(*, cp: str, token_file: Path, addr: str, advertise_addr: str | N
                 admin = listen_tcp(admin_host, admin_port)
                 registry = ingress_registry(server.statistics)
                 await nursery.start(serve_http, _admin_handler(routes, server, registry), admin)
-                nursery.start_soon(follow_control_plane, routes, cp.rstrip("/"), token, advertise, ca_file)
+                following = trio.CancelScope()
+
+                async def follow() -> None:
+                    with following:
+                        await follow_control_plane(routes, cp.rstrip("/"), token, advertise, ca_file)
+
+                nursery.start_soon(follow)
                 gc.freeze()
                 click.echo(f"zone ingress on {host}:{server.port} (advertised as {advertise}), admin on "
                            f"{admin_host}:{admin.getsockname()[1]}", err=True)
                 async for signum in signals:
-                    log.info("received %s: stopping", signal.Signals(signum).name)
+                    log.info("received %s: draining (up to %.0fs, %d connection(s) open)",
+                             signal.Signals(signum).name, drain_timeout, server.active)
+                    following.cancel()  # a poll would publish it again
+                    async with trio.open_nursery() as draining:  # the leave and the drain side by side
+                        draining.start_soon(leave, cp.rstrip("/"), token, advertise, ca_file)
+                        draining.start_soon(server.drain, drain_timeout)
+                    log.info("drained: stopping")
                     nursery.cancel_scope.cancel()
                     break
 

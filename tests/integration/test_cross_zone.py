@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -206,22 +207,56 @@ def outbound_endpoints(sidecar: SidecarProcess, service: str) -> list[str]:
     return []
 
 
-def test_callers_use_every_ingress_of_a_zone_and_lose_none_with_one(zones: dict[str, Any]) -> None:
-    """A zone with two ingresses: other zones' sidecars get both as endpoints, so when one stops, calls go through
-    the other at once, not once the zone has stopped publishing the dead one (INGRESS_TTL, 30 s)."""
+def test_callers_use_every_ingress_of_a_zone_and_one_drains_under_load_losing_nothing(
+        zones: dict[str, Any]) -> None:
+    """A zone with two ingresses: other zones' sidecars get both as endpoints. One is stopped (SIGTERM) under steady
+    load: it tells its zone CP it is leaving, so other zones stop calling it within seconds (not after INGRESS_TTL,
+    30 s), closes its idle connections, and exits; no call fails."""
     port, web = zones["out"]["payments"], zones["sidecars"]["web-eu"]
     first = zones["ingresses"]["us"]
     second = Ingress(zones["tmp"] / "ingress-us-2", zones["cps"]["us"])
     zones["stoppable"].append(second)  # stopped with the module's processes
     zones["ingresses"]["us"] = second  # the tests after this one go through it
     wait_for(second.ready, "us's second ingress ready")
-    both = sorted(f"127.0.0.1:{ingress.port}" for ingress in (first, second))
-    wait_for(lambda: outbound_endpoints(web, "payments") == both, "both us ingresses at eu's web", timeout=30)
-    for _ in range(10):
-        assert get(port, "/pay")["server"] == "payments-us"
-    first.stop()
-    answers = [get(port, "/pay")["server"] for _ in range(30)]  # each raises unless answered 200
-    assert answers == ["payments-us"] * 30
+    addresses = {ingress: f"127.0.0.1:{ingress.port}" for ingress in (first, second)}
+    wait_for(lambda: outbound_endpoints(web, "payments") == sorted(addresses.values()),
+             "both us ingresses at eu's web", timeout=30)
+
+    served: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                served.append(get(port, "/pay")["server"])
+            except Exception as exc:  # every failure is recorded and judged below
+                failures.append(repr(exc))
+            time.sleep(0.01)
+
+    workers = [threading.Thread(target=load) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_for(lambda: len(served) > 40, "steady load")
+        started = time.monotonic()
+        first.proc.send_signal(signal.SIGTERM)  # ours: started by this module
+        wait_for(lambda: outbound_endpoints(web, "payments") == [addresses[second]],
+                 "eu's web to stop calling the draining ingress", timeout=10)
+        unpublished = time.monotonic() - started
+        assert first.proc.wait(timeout=30) == 0
+        exited = time.monotonic() - started
+        before = len(served)
+        wait_for(lambda: len(served) > before + 40, "load through the other ingress")
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    print(f"TIMING SIGTERM -> the draining ingress gone from eu's config: {unpublished * 1000:.0f} ms; "
+          f"-> exited: {exited * 1000:.0f} ms; calls: {len(served)}")
+    assert failures == []
+    assert set(served) == {"payments-us"}
+    assert "leaving" in first.log_path.read_text() or "no longer publishes" in first.log_path.read_text()
 
 
 def outbound_threshold(sidecar: SidecarProcess, service: str) -> float | None:

@@ -482,3 +482,91 @@ async def test_route_reports_a_peer_that_leaves_before_its_hello() -> None:
     await client.send_all(client_hello(WEB)[:30])
     await client.aclose()
     assert await route_by_sni(downstream, {WEB: [("10.0.0.1", 1)]}.get, Dialer()) == REFUSED_CLOSED
+
+
+# --- drain ------------------------------------------------------------------------------------------------------
+
+
+class FarEnds:
+    """A dial that hands out memory-stream endpoints and keeps their far ends, in dial order."""
+
+    def __init__(self) -> None:
+        self.ends: list[trio.abc.Stream] = []
+        self.dialled = trio.Event()
+
+    async def __call__(self, host: str, port: int) -> trio.abc.Stream:
+        await trio.lowlevel.checkpoint()
+        near, far = trio.testing.memory_stream_pair()
+        self.ends.append(far)
+        self.dialled.set()
+        self.dialled = trio.Event()
+        return near
+
+
+async def spliced_connection(server: IngressServer, dial: FarEnds) -> tuple[trio.SocketStream, trio.abc.Stream]:
+    """A client connection routed to a new endpoint, the hello already through: (client, endpoint's far end)."""
+    client = await trio.open_tcp_stream("127.0.0.1", server.port)
+    hello = client_hello(WEB)
+    before = len(dial.ends)
+    await client.send_all(hello)
+    while len(dial.ends) == before:
+        await dial.dialled.wait()
+    far = dial.ends[-1]
+    received = b""
+    while len(received) < len(hello):
+        received += await far.receive_some(65536)
+    return client, far
+
+
+async def closed(stream: trio.abc.ReceiveStream) -> bool:
+    """The ingress closed the connection: EOF (or a reset) on the client's side."""
+    try:
+        return await stream.receive_some(100) == b""
+    except trio.BrokenResourceError:
+        return True
+
+
+async def test_a_drain_closes_idle_connections_and_waits_for_those_expecting_an_answer() -> None:
+    dial = FarEnds()
+    server = IngressServer("127.0.0.1", 0, lambda sni: [("127.0.0.1", 1)], dial=dial)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        idle_client, idle_far = await spliced_connection(server, dial)
+        await idle_far.send_all(b"answer")  # the last bytes went back to the caller: nothing is asked of it now
+        assert await idle_client.receive_some(100) == b"answer"
+        busy_client, busy_far = await spliced_connection(server, dial)
+        await busy_far.send_all(b"answer")
+        assert await busy_client.receive_some(100) == b"answer"
+        await busy_client.send_all(b"request")  # the last bytes went to the endpoint: an answer may be due
+        assert await busy_far.receive_some(100) == b"request"
+
+        drained: list[bool] = []
+
+        async def drain() -> None:
+            drained.append(await server.drain(10, quiet=0.2))
+
+        nursery.start_soon(drain)
+        with trio.fail_after(5):
+            assert await closed(idle_client)
+        with pytest.raises(OSError):  # the listener is closed: a caller's sidecar dials another endpoint
+            await trio.open_tcp_stream("127.0.0.1", server.port)
+        assert server.active == 1 and not drained  # the busy one is left to finish
+        await busy_far.send_all(b"late answer")
+        assert await busy_client.receive_some(100) == b"late answer"
+        with trio.fail_after(5):
+            assert await closed(busy_client)
+    assert drained == [True]  # and `run` returned by itself once the connections were done
+
+
+async def test_a_drain_cuts_what_is_still_busy_after_its_grace() -> None:
+    dial = FarEnds()
+    server = IngressServer("127.0.0.1", 0, lambda sni: [("127.0.0.1", 1)], dial=dial)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        client, far = await spliced_connection(server, dial)
+        await client.send_all(b"request")
+        assert await far.receive_some(100) == b"request"
+        with trio.fail_after(5):
+            assert await server.drain(0.3, quiet=0.1) is False
+            assert await closed(client)
+    assert server.statistics().outcomes.get(SPLICED) == 1
