@@ -256,3 +256,30 @@ def test_a_mesh_in_use_cannot_be_deleted(zone_cp: ZoneCPProcess, tmp_path: Path)
     assert "mesh default still has 1 Dataplane resource(s): delete them first" in refused.stderr
     assert zone_cp.cli("delete", "dataplane", "web-1").returncode == 0
     assert zone_cp.cli("delete", "mesh", "default").returncode == 0
+
+
+@pytest.fixture
+def named_zone_cp(tmp_path: Path) -> Iterator[ZoneCPProcess]:
+    cp = ZoneCPProcess(tmp_path / "eu", "--zone", "eu")  # a zone ingress needs a zone name
+    cp.start()
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+def test_an_ingress_leaves_with_its_own_token_only(named_zone_cp: ZoneCPProcess) -> None:
+    zone_cp = named_zone_cp
+    token = zone_cp.cli("generate", "ingress-token")
+    assert token.returncode == 0, token.stderr
+    ingress = {"authorization": f"Bearer {token.stdout.strip()}"}
+    where = {"advertise": "127.0.0.1:10001"}
+    polled = httpx.get(f"{zone_cp.url}/v1/ingress/endpoints", params=where, headers=ingress, timeout=5)
+    assert polled.status_code == 200, polled.text
+    sidecar = {"authorization": f"Bearer {zone_cp.token('backend')}"}
+    refused = httpx.post(f"{zone_cp.url}/v1/ingress/leave", params=where, headers=sidecar, timeout=5)
+    assert refused.status_code in (401, 403), refused.text
+    left = httpx.post(f"{zone_cp.url}/v1/ingress/leave", params=where, headers=ingress, timeout=5)
+    assert (left.status_code, left.json()) == (200, {"left": True})
+    again = httpx.post(f"{zone_cp.url}/v1/ingress/leave", params=where, headers=ingress, timeout=5)
+    assert (again.status_code, again.json()) == (200, {"left": False})  # no longer published: nothing to do
