@@ -25,6 +25,7 @@ damping: {rise: 2, fall: 3, flapWindow: 60, maxChanges: 6, reuse: 10}
 gracefulRestart: 0             # seconds; 0 = off (see docs/anycast.md: off is the safe default for anycast)
 stateDir: /var/lib/meshcast/bgp
 speaker: null                  # the command ExaBGP runs; default: this Python's `meshcast bgp speaker`
+metrics: 127.0.0.1:9179        # where the speaker serves Prometheus /metrics (host:port, [v6]:port); null: off
 ```
 """
 
@@ -58,7 +59,8 @@ _REGION = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _UNWRITABLE = re.compile(r"[\s;{}\"'#\[\]]")  # what exabgp.conf's tokeniser would split or swallow
 DEFAULT_STATE_DIR = Path("/var/lib/meshcast/bgp")
 TOP_FIELDS = {"region", "routerId", "localAs", "role", "prefixes", "peers", "attributes", "backup", "readiness",
-              "damping", "gracefulRestart", "stateDir", "speaker"}
+              "damping", "gracefulRestart", "stateDir", "speaker", "metrics"}
+DEFAULT_METRICS = ("127.0.0.1", 9179)  # 9000 + BGP's 179: clear of the 99xx admin ports
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ class RegionSettings:
     state_dir: Path = DEFAULT_STATE_DIR
     speaker: tuple[str, ...] | None = None
     source: str = ""
+    metrics: tuple[str, int] | None = DEFAULT_METRICS  # host, port of /metrics; None: not served
 
     @property
     def is_backup(self) -> bool:
@@ -257,9 +260,10 @@ def parse_region(doc: Any, *, source: str = "") -> RegionSettings:
     graceful = c.get(doc, ("gracefulRestart",), _int_range(0, 4095)) or 0
     state_dir = c.get(doc, ("stateDir",), _path) or DEFAULT_STATE_DIR
     speaker = c.get(doc, ("speaker",), _command)
+    metrics = c.get(doc, ("metrics",), _listen_address) if "metrics" in doc else DEFAULT_METRICS  # null: off
 
     settings = RegionSettings(region, router_id, local_as, prefixes, peers, role, attributes, backup, readiness,
-                              damping, graceful, state_dir, speaker, source)
+                              damping, graceful, state_dir, speaker, source, metrics)
     _cross_checks(c, settings, _Places(
         prefixes=tuple(i for i, _ in prefix_items), peers=tuple(i for i, _ in peer_items),
         all_prefixes=len(prefix_items) == len(prefix_elements),
@@ -463,6 +467,23 @@ def _ip(value: Any) -> IPAddress:
         return ipaddress.ip_address(text)
     except ValueError:
         raise _Invalid(f"{_show(text)} is not an IP address") from None
+
+
+def _listen_address(value: Any) -> tuple[str, int]:
+    """host:port (an IP address, or [IPv6]:port) to listen on; port 0 takes any free port."""
+    text = _string(value)
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise _Invalid(f"{_show(text)} is not host:port")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise _Invalid(f"{_show(text)}: the host must be an IP address") from None
+    port = int(port_text)
+    if port > 65535:
+        raise _Invalid(f"{_show(text)}: port {port} is out of range (0..65535)")
+    return host, port
 
 
 def _router_id(value: Any) -> ipaddress.IPv4Address:

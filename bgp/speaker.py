@@ -20,6 +20,8 @@ sends End-of-RIB for the family that session carries once it has decided (or aft
 ExaBGP does not make the router flush the stale route moments before the new speaker re-announces it.
 The speaker keeps no state across restarts on purpose: ExaBGP keeps a dead speaker's routes and respawns it, and the
 new one starts UNKNOWN and asserts its first decision either way (see bgp/fsm.py).
+Prometheus metrics (bgp/metrics.py) are served from a thread on the region's `metrics` address, and their address
+is in the status file.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from bgp.commands import (
     withdraw_command,
 )
 from bgp.fsm import Action, Damper, DampingRules, Observation, RouteState, Transition
+from bgp.metrics import SpeakerMetrics, serve_metrics
 from bgp.settings import RegionSettings
 from bgp.status import write_status
 
@@ -157,12 +160,20 @@ class Speaker:
         self._status_at = 0.0
         self._sessions: dict[str, str] = {str(p.address): "not established" for p in settings.peers}
         self._eor_due: dict[str, float] = {}  # peer address -> trio time by which to send End-of-RIB
+        self.metrics = SpeakerMetrics(settings.region, self._sessions, [state.value for state in RouteState])
+        self.metrics.route(self.damper.state.value, self.damper.announced)
+        self.metrics_address: str | None = None  # host:port where /metrics is served, once it is
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
         routes = "; ".join(f"{' '.join(map(str, s.prefixes_for(p)))} to {p.address}" for p in s.peers)
         log.info("region %s (%s): %s; probing %s every %.0f ms; rise %d, fall %d", s.region, s.role, routes,
                  s.readiness.url, s.readiness.interval * 1000, s.damping.rise, s.damping.fall)
+        served = serve_metrics(self.metrics, *s.metrics) if s.metrics is not None else None
+        if served is not None:
+            host, port = str(served[0].server_address[0]), int(served[0].server_address[1])
+            self.metrics_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            log.info("metrics on http://%s/metrics", self.metrics_address)
         stdin = trio.lowlevel.FdStream(os.dup(self._stdin_fd))
         stdout = trio.lowlevel.FdStream(os.dup(self._stdout_fd))
         try:
@@ -172,6 +183,9 @@ class Speaker:
                 task_status.started()
         finally:
             self._write_status(running=False)
+            if served is not None:
+                served[0].shutdown()
+                served[0].server_close()
 
     async def _read_answers(self, stdin: trio.lowlevel.FdStream, scope: trio.CancelScope) -> None:
         while True:
@@ -184,6 +198,7 @@ class Speaker:
             for event in events:
                 if isinstance(event, CommandFailed):
                     self._errors += 1
+                    self.metrics.refused.inc()
                     self._last_error = event.command
                     log.error("ExaBGP refused: %s", event.command)
                     if self._resync_at is None:
@@ -197,11 +212,13 @@ class Speaker:
                 elif isinstance(event, NeighborUp):
                     log.info("BGP session with %s established", event.address)
                     self._sessions[event.address] = "established"
+                    self.metrics.session(event.address, True)
                     if self.settings.graceful_restart:
                         self._eor_due[event.address] = trio.current_time() + EOR_DEADLINE
                 elif isinstance(event, NeighborDown):
                     log.info("BGP session with %s down: %s", event.address, event.reason)
                     self._sessions[event.address] = f"down: {event.reason}"
+                    self.metrics.session(event.address, False)
                     self._eor_due.pop(event.address, None)
                 elif isinstance(event, MessageReceived):
                     log.debug("from ExaBGP: %s", event.line)
@@ -230,6 +247,7 @@ class Speaker:
             else:
                 observation = Observation.READY if probe.ok else Observation.UNREADY
             self._recent.append(observation.value[0].upper())
+            self.metrics.probed(observation.value, probe.latency_ms / 1000)
             transition = self.damper.step(observation)
             await self._apply(transition, stdout, probe)
             if self._eor_due:
@@ -243,6 +261,7 @@ class Speaker:
     async def _apply(self, transition: Transition, stdout: trio.lowlevel.FdStream, probe: ProbeResult) -> None:
         changed = transition.before is not transition.after
         if transition.action is not Action.NONE:
+            self.metrics.changed(transition.action.value)
             await self._send(stdout, transition.action)
             self._history.append({"at": time.time(), "action": transition.action.value,
                                   "reason": transition.reason, "probe": probe.detail})
@@ -255,6 +274,7 @@ class Speaker:
                 await self._send(stdout, action)
             self._resync_at = None
         if changed:
+            self.metrics.route(transition.after.value, self.damper.announced)
             self._since = time.time()
             if transition.reason:
                 self._reason = transition.reason
@@ -277,6 +297,7 @@ class Speaker:
             for version in sorted({p.version for p in self.settings.prefixes_for(peer)}):
                 payload += self.channel.send(eor_command(peer, version))
                 self._sent += 1
+                self.metrics.commands.inc()
         if payload:
             await stdout.send_all(bytes(payload))
 
@@ -296,6 +317,7 @@ class Speaker:
                            else withdraw_command(peer, prefix))
                 payload += self.channel.send(command)
                 self._sent += 1
+                self.metrics.commands.inc()
         await stdout.send_all(bytes(payload))  # one write: the pipe is unbuffered, nothing waits for a flush
 
     def status(self, *, running: bool) -> dict[str, Any]:
@@ -312,6 +334,7 @@ class Speaker:
                            "asPath": {str(p.address): list(as_path(p, self._attrs, s.local_as)) for p in s.peers},
                            "communities": list(self._attrs.communities + self._attrs.large_communities)},
             "sessions": dict(self._sessions), "gracefulRestart": s.graceful_restart,
+            "metricsAddress": self.metrics_address,
             "readinessUrl": s.readiness.url, "drained": self._drained, "drainFile": str(self.drain_file),
             "lastProbe": self._last_probe, "recentProbes": "".join(self._recent),
             "damping": {"rise": rules.rise, "fall": rules.fall, "readyRun": d.ready_run, "unreadyRun": d.unready_run,

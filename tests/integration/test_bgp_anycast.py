@@ -190,6 +190,15 @@ def test_announces_while_ready_with_the_region_attributes(net: Net, eu: Region) 
                          capture_output=True, text=True, check=True).stdout
     assert "ANNOUNCED" in out and "rise" in out
 
+    # the speaker's Prometheus metrics, on its default address inside the region's namespace
+    assert status["metricsAddress"] == "127.0.0.1:9179"
+    metrics = net.eu.run("curl", "-s", "--max-time", "2", "http://127.0.0.1:9179/metrics").stdout
+    for line in ('meshcast_bgp_announced{region="eu-west"} 1.0',
+                 'meshcast_bgp_session_established{peer="10.255.1.1",region="eu-west"} 1.0',
+                 'meshcast_bgp_route_changes_total{action="announce",region="eu-west"} 1.0',
+                 'meshcast_bgp_commands_refused_total{region="eu-west"} 0.0'):
+        assert line in metrics, metrics
+
 
 def test_nothing_is_announced_while_the_gateway_is_unready(net: Net, eu: Region) -> None:
     eu.server.set("503")

@@ -52,6 +52,14 @@ def test_defaults() -> None:
     assert s.effective_attributes() == PathAttributes()
     assert s.status_file == Path("/var/lib/meshcast/bgp/eu-west.status.json")
     assert s.drain_file == Path("/var/lib/meshcast/bgp/eu-west.drain")
+    assert s.metrics == ("127.0.0.1", 9179)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, None), ("0.0.0.0:9179", ("0.0.0.0", 9179)), ("[::1]:9100", ("::1", 9100)), ("127.0.0.1:0", ("127.0.0.1", 0)),
+])
+def test_metrics_address(value: str | None, expected: tuple[str, int] | None) -> None:
+    assert parse_region(doc(metrics=value)).metrics == expected
 
 
 def test_full_example_and_backup_attributes() -> None:
@@ -211,6 +219,10 @@ def test_several_violations_are_reported_together() -> None:
      "peers[0].localAddress: must be of the same IP family as address"),
     ({"attributes": {"communities": [3900110]}}, "quote communities in YAML"),
     ({"readiness": "fast"}, "readiness: expected a mapping"),
+    ({"metrics": "localhost:9179"}, 'metrics: "localhost:9179": the host must be an IP address'),
+    ({"metrics": "127.0.0.1"}, 'metrics: "127.0.0.1" is not host:port'),
+    ({"metrics": "127.0.0.1:70000"}, "metrics: \"127.0.0.1:70000\": port 70000 is out of range"),
+    ({"metrics": 9179}, "metrics: expected a string"),
 ])
 def test_rules(changes: dict[str, Any], expected: str) -> None:
     assert expected in error(doc(**changes))

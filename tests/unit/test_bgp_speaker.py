@@ -105,6 +105,7 @@ def region(tmp_path: Path, port: int, **changes: Any) -> Any:
         "attributes": {"med": 100},
         "readiness": {"url": f"http://127.0.0.1:{port}/ready", "interval": 0.1, "timeout": 0.09},
         "stateDir": str(tmp_path),
+        "metrics": "127.0.0.1:0",  # any free port: tests run side by side
     }
     doc.update(changes)
     return parse_region(doc)
@@ -153,6 +154,44 @@ async def test_announces_when_ready_withdraws_when_not_and_exits_when_stdin_clos
     status = json.loads((tmp_path / "eu-west.status.json").read_text())
     assert status["running"] is False and status["exabgp"]["pendingAcks"] == 0
     assert [h["action"] for h in status["history"]] == ["announce", "withdraw", "announce"]
+
+
+def scrape(status_file: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The speaker's /metrics (its address from the status file), by series name and labels."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    address = json.loads(status_file.read_text())["metricsAddress"]
+    text = httpx.get(f"http://{address}/metrics", timeout=5).text
+    return {(sample.name, tuple(sorted((k, v) for k, v in sample.labels.items() if k != "region"))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+async def test_metrics_follow_the_route_the_probes_and_the_sessions(tmp_path: Path) -> None:
+    status_file = tmp_path / "eu-west.status.json"
+    async with gateway_running() as gw, speaker_running(region(tmp_path, gw.port)) as (fake, _):
+        await fake.wait_for(lambda c: c == [ANNOUNCE])
+        await fake.send(b"neighbor 10.255.1.1 up\n")
+        await trio.sleep(0.05)
+        up = await trio.to_thread.run_sync(scrape, status_file)
+        assert up[("meshcast_bgp_announced", ())] == 1
+        assert up[("meshcast_bgp_route_state", (("state", "announced"),))] == 1
+        assert up[("meshcast_bgp_route_state", (("state", "withdrawn"),))] == 0
+        assert up[("meshcast_bgp_route_changes_total", (("action", "announce"),))] == 1
+        assert up[("meshcast_bgp_probes_total", (("observation", "ready"),))] >= 2
+        assert up[("meshcast_bgp_session_established", (("peer", "10.255.1.1"),))] == 1
+        assert up[("meshcast_bgp_commands_total", ())] == 1
+        assert up[("meshcast_bgp_probe_duration_seconds_count", ())] >= 2
+        assert up[("meshcast_bgp_last_probe_timestamp_seconds", ())] > 0
+        gw.mode = "503"
+        await fake.wait_for(lambda c: c == [ANNOUNCE, WITHDRAW])
+        await trio.sleep(0.05)
+        down = await trio.to_thread.run_sync(scrape, status_file)
+        assert down[("meshcast_bgp_announced", ())] == 0
+        assert down[("meshcast_bgp_route_state", (("state", "withdrawn"),))] == 1
+        assert down[("meshcast_bgp_route_changes_total", (("action", "withdraw"),))] == 1
+        assert down[("meshcast_bgp_probes_total", (("observation", "unready"),))] >= 3
+        assert down[("meshcast_bgp_commands_refused_total", ())] == 0
 
 
 async def test_a_draining_gateway_is_withdrawn_on_the_first_probe_that_says_so(tmp_path: Path) -> None:
