@@ -1,4 +1,5 @@
-"""`dataplane.splice.splice` over memory streams: what it returns, and the counts a caller can read while it runs."""
+"""`dataplane.splice.splice` over memory streams: what it returns, and the counts a caller can read while it runs
+(bytes each way, and which way moved last)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataplane.splice import splice
 async def test_the_counts_move_while_the_splice_runs_and_it_returns_them() -> None:
     client, near = trio.testing.memory_stream_pair()
     far, server = trio.testing.memory_stream_pair()
-    counts = [0, 0]
+    counts = [0, 0, -1]
     result: list[tuple[int, int]] = []
 
     async def run() -> None:
@@ -22,21 +23,21 @@ async def test_the_counts_move_while_the_splice_runs_and_it_returns_them() -> No
         await client.send_all(b"x" * 1000)
         assert await server.receive_some(65536) == b"x" * 1000
         await trio.testing.wait_all_tasks_blocked()
-        assert counts == [1000, 0]
+        assert counts == [1000, 0, 0]  # the last bytes went a -> b
         await server.send_all(b"y" * 300)
         assert await client.receive_some(65536) == b"y" * 300
         await trio.testing.wait_all_tasks_blocked()
-        assert counts == [1000, 300]
+        assert counts == [1000, 300, 1]  # and now b -> a (the zone ingress's drain tells an answered connection)
         await client.send_eof()
         await server.send_eof()
     assert result == [(1000, 300)]
-    assert counts == [1000, 300]
+    assert counts == [1000, 300, 1]
 
 
 async def test_bytes_copied_before_a_side_breaks_are_still_counted() -> None:
     client, near = trio.testing.memory_stream_pair()
     far, server = trio.testing.memory_stream_pair()
-    counts = [5, 7]  # a caller's running totals: the splice adds to them and returns its own share
+    counts = [5, 7, -1]  # a caller's running totals: the splice adds to them and returns its own share
     result: list[tuple[int, int]] = []
 
     async def run() -> None:
@@ -51,7 +52,7 @@ async def test_bytes_copied_before_a_side_breaks_are_still_counted() -> None:
         await server.aclose()  # the far side goes away: writing to it fails, the splice ends
         await client.send_all(b"c")
     assert result == [(10, 20)]
-    assert counts == [15, 27]
+    assert counts == [15, 27, 1]
 
 
 async def test_without_counts_it_returns_the_bytes_of_an_idle_ended_splice(
