@@ -51,6 +51,35 @@ def get(port: int, path: str = "/") -> dict[str, Any]:
         conn.close()
 
 
+class SteadyLoad:
+    """`workers` threads calling `get(port, path)` every 10 ms until stopped, recording who answered and every
+    failure (judged by the test)."""
+
+    def __init__(self, port: int, path: str = "/", workers: int = 1) -> None:
+        self.served: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(port, path)) for _ in range(workers)]
+
+    def _run(self, port: int, path: str) -> None:
+        while not self._stop.is_set():
+            try:
+                self.served.append(get(port, path)["server"])
+            except Exception as exc:  # every failure is recorded and judged by the test
+                self.failures.append(repr(exc))
+            time.sleep(0.01)
+
+    def __enter__(self) -> SteadyLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
 class Ingress:
     def __init__(self, workdir: Path, zone: ZoneCPProcess) -> None:
         import subprocess
@@ -146,21 +175,8 @@ def test_failover_to_us_under_load_and_back_to_eu(zones: dict[str, Any]) -> None
     for _ in range(20):  # locality: every call stays in eu while eu's instance is healthy
         assert get(port)["server"] == "backend-eu"
 
-    served: list[str] = []
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                served.append(get(port)["server"])
-            except Exception as exc:  # every failure is recorded and judged below
-                failures.append(repr(exc))
-            time.sleep(0.01)
-
-    worker = threading.Thread(target=load)
-    worker.start()
-    try:
+    with SteadyLoad(port) as load:
+        served = load.served
         wait_for(lambda: len(served) > 20, "steady load")
         zones["sidecars"]["backend-eu"].stop(kill=True)  # eu's instance dies without a word
         killed_at = len(served)
@@ -168,10 +184,7 @@ def test_failover_to_us_under_load_and_back_to_eu(zones: dict[str, Any]) -> None
                  timeout=30)
         zones["sidecars"]["backend-eu"].start()  # back: calls return to eu
         wait_for(lambda: served[-20:] == ["backend-eu"] * 20, "failback to eu", timeout=30)
-    finally:
-        stop.set()
-        worker.join()
-    assert len(failures) <= 1, failures  # at most the one request in flight at the kill
+    assert len(load.failures) <= 1, load.failures  # at most the one request in flight at the kill
     assert "backend-us" in served and served[-1] == "backend-eu"
 
 
@@ -197,14 +210,17 @@ def test_the_edge_gateway_serves_locally_then_through_the_other_zones_ingress(zo
     wait_for(lambda: get(port)["server"] == "backend-eu", "the gateway back to eu", timeout=30)
 
 
-def outbound_endpoints(sidecar: SidecarProcess, service: str) -> list[str]:
+def outbound(sidecar: SidecarProcess, service: str) -> dict[str, Any] | None:
+    """The sidecar's outbound for `service` in the config in force (its /config), or None."""
     import httpx
 
     config = httpx.get(sidecar.admin + "/config", timeout=5).json()["config"]
-    for outbound in config["outbound"]:
-        if outbound["service"] == service:
-            return sorted(f"{e['address']}:{e['port']}" for e in outbound["endpoints"])
-    return []
+    return next((o for o in config["outbound"] if o["service"] == service), None)
+
+
+def outbound_endpoints(sidecar: SidecarProcess, service: str) -> list[str]:
+    found = outbound(sidecar, service)
+    return sorted(f"{e['address']}:{e['port']}" for e in found["endpoints"]) if found else []
 
 
 def test_callers_use_every_ingress_of_a_zone_and_one_drains_under_load_losing_nothing(
@@ -222,22 +238,8 @@ def test_callers_use_every_ingress_of_a_zone_and_one_drains_under_load_losing_no
     wait_for(lambda: outbound_endpoints(web, "payments") == sorted(addresses.values()),
              "both us ingresses at eu's web", timeout=30)
 
-    served: list[str] = []
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                served.append(get(port, "/pay")["server"])
-            except Exception as exc:  # every failure is recorded and judged below
-                failures.append(repr(exc))
-            time.sleep(0.01)
-
-    workers = [threading.Thread(target=load) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    try:
+    with SteadyLoad(port, "/pay", workers=2) as load:
+        served = load.served
         wait_for(lambda: len(served) > 40, "steady load")
         started = time.monotonic()
         first.proc.send_signal(signal.SIGTERM)  # ours: started by this module
@@ -248,25 +250,16 @@ def test_callers_use_every_ingress_of_a_zone_and_one_drains_under_load_losing_no
         exited = time.monotonic() - started
         before = len(served)
         wait_for(lambda: len(served) > before + 40, "load through the other ingress")
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join()
     print(f"TIMING SIGTERM -> the draining ingress gone from eu's config: {unpublished * 1000:.0f} ms; "
           f"-> exited: {exited * 1000:.0f} ms; calls: {len(served)}")
-    assert failures == []
+    assert load.failures == []
     assert set(served) == {"payments-us"}
     assert "leaving" in first.log_path.read_text() or "no longer publishes" in first.log_path.read_text()
 
 
 def outbound_threshold(sidecar: SidecarProcess, service: str) -> float | None:
-    import httpx
-
-    config = httpx.get(sidecar.admin + "/config", timeout=5).json()["config"]
-    for outbound in config["outbound"]:
-        if outbound["service"] == service:
-            return float(outbound["failoverThreshold"])
-    return None
+    found = outbound(sidecar, service)
+    return float(found["failoverThreshold"]) if found else None
 
 
 def test_a_policy_applied_at_the_global_cp_reaches_sidecars_in_both_zones(zones: dict[str, Any]) -> None:

@@ -133,15 +133,21 @@ class Bird:
         return "Established" in self.birdc("show", "protocols", name, check=False).stdout
 
 
-@dataclass
-class BirdRoute:
-    protocol: str
-    best: bool
+@dataclass(kw_only=True)
+class Received:
+    """The attributes of a path as a peer received them (BIRD's `show route all`, gobgpd's RIB)."""
+
     as_path: list[int] = field(default_factory=list)
     med: int | None = None
     next_hop: str = ""
     communities: list[str] = field(default_factory=list)
     large_communities: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BirdRoute(Received):
+    protocol: str
+    best: bool
 
 
 _ROUTE_HEAD = re.compile(r"^(?:\S+)?\s+unicast \[(?P<proto>\S+) [^\]]*\] (?P<best>\*)?")
@@ -437,17 +443,12 @@ class GobgpNeighbor:
 
 
 @dataclass
-class GobgpPath:
+class GobgpPath(Received):
     """One path of gobgpd's RIB, the attributes as it decoded them off the wire."""
 
     prefix: str
     neighbor: str
     best: bool
-    as_path: list[int] = field(default_factory=list)
-    med: int | None = None
-    next_hop: str = ""
-    communities: list[str] = field(default_factory=list)
-    large_communities: list[str] = field(default_factory=list)
     extended_communities: list[str] = field(default_factory=list)
     origin: int | None = None
 
