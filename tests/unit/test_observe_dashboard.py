@@ -1,9 +1,9 @@
 """The Grafana dashboard queries only metrics and labels that the code registers.
 
 The metric names and label names come from the metric classes themselves, instantiated on a fresh registry (the
-data plane's `SidecarMetrics` and `RequestMetrics`, the zone control plane's `ZoneMetrics`), and from the zone
-ingress's collector, fed one connection, so renaming a metric without updating docs/grafana/meshcast-dashboard.json
-fails here.
+data plane's `SidecarMetrics` and `RequestMetrics`, the zone control plane's `ZoneMetrics`, the BGP speaker's
+`SpeakerMetrics`), and from the zone ingress's collector, fed one connection, so renaming a metric without
+updating docs/grafana/meshcast-dashboard.json fails here.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
+from bgp.metrics import SpeakerMetrics
 from dataplane.ingress.stats import IngressAccounts
 from dataplane.metrics import SidecarMetrics
 from dataplane.observe.requests import RequestMetrics
@@ -36,7 +37,8 @@ NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 def exposed_series() -> dict[str, frozenset[str]]:
     """Every series name the code exposes (as Prometheus stores it) -> its label names."""
     registry = CollectorRegistry()
-    holders = [SidecarMetrics(registry), ZoneMetrics(registry), RequestMetrics(registry, zone="z")]
+    holders = [SidecarMetrics(registry), ZoneMetrics(registry), RequestMetrics(registry, zone="z"),
+               SpeakerMetrics("r", ["192.0.2.1"], ["announced"], registry)]
     series: dict[str, frozenset[str]] = {}
     for holder in holders:
         for metric in vars(holder).values():
