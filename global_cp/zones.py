@@ -16,6 +16,7 @@ import trio
 
 from meshcast.errors import AlreadyExists, MeshcastError, StoreUnavailable
 from meshcast.federation.keyspace import ZONES_PREFIX, ZoneState, parse_zones, services_view
+from meshcast.pki.ca import DEFAULT_INTERMEDIATE_VALIDITY
 from meshcast.resources import Resource
 from meshcast.resources.types import ZoneSpec
 
@@ -70,8 +71,10 @@ class ZoneTracker:
             if zone not in enabled or mesh not in self.cp.inventory.meshes:
                 continue
             root = self.cp.cas.get(mesh)
+            self.cp.metrics.ca_expiry.labels(mesh=mesh, ca="root").set(root.not_after.timestamp())
             try:
-                certificate = root.sign_intermediate(csr, zone=zone)
+                validity = self.cp.config.intermediate_validity or DEFAULT_INTERMEDIATE_VALIDITY
+                certificate = root.sign_intermediate(csr, zone=zone, validity=validity)
             except (MeshcastError, ValueError) as exc:
                 log.warning("not signing zone %s's intermediate CA for mesh %s: %s", zone, mesh, exc)
                 continue

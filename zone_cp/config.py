@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,9 @@ class ZoneCPConfig:
     allow_remote_admin: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # global: the lifetime of the zone intermediates it signs; None: the PKI's default (meshcast.pki.ca, 365 days;
+    # not imported here: the sidecar reads this module and stays free of cryptography)
+    intermediate_validity: timedelta | None = None
 
 
 def split_host_port(addr: str, *, default_port: int) -> tuple[str, int]:

@@ -286,8 +286,12 @@ class IntermediateExchange:
             await trio.sleep(self.interval)
 
     async def step(self) -> None:
-        waiting = [mesh for mesh, spec in self.cp.inventory.meshes.items()
-                   if spec.mtls_enabled and not self.cas.ready(mesh)]
+        meshes = [mesh for mesh, spec in self.cp.inventory.meshes.items() if spec.mtls_enabled]
+        for mesh in meshes:
+            if self.cas.ready(mesh):
+                self.cp.metrics.ca_expiry.labels(mesh=mesh, ca="intermediate").set(
+                    self.cas.get(mesh).not_after.timestamp())
+        waiting = [mesh for mesh in meshes if not self.cas.ready(mesh) or self.cas.renew_due(mesh)]
         if not waiting:
             return
         await self.store.connect()
@@ -300,8 +304,8 @@ class IntermediateExchange:
             if self._published.get(mesh) != csr:
                 await self.store.put_key(csr_key(self.zone, mesh), csr)
                 self._published[mesh] = csr
-                log.info("zone %s: asked the global control plane to sign its intermediate CA for mesh %s",
-                         self.zone, mesh)
+                log.info("zone %s: asked the global control plane to sign its %sintermediate CA for mesh %s",
+                         self.zone, "next " if self.cas.ready(mesh) else "", mesh)
 
 
 class RemoteZones:

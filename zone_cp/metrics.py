@@ -32,6 +32,10 @@ class ZoneMetrics:
         self.registrations = Counter(
             "meshcast_cp_registrations", "Dataplane registrations", ["result"], registry=registry
         )
+        self.ca_expiry = Gauge(
+            "meshcast_cp_ca_expiry_timestamp_seconds", "When a CA this control plane uses expires (Unix time): a "
+            "zone's intermediate (renewed at 2/3 of its life), the global CP's mesh roots", ["mesh", "ca"],
+            registry=registry)
         self.store_errors = Counter(
             "meshcast_cp_store_errors", "Failed calls to the resource store", registry=registry
         )

@@ -8,15 +8,24 @@ saved beside the key as a regular CA directory and used from then on, also acros
 is unreachable. The private key never leaves the zone: only its CSR travels (`zones/<zone>/ca/<mesh>/csr`).
 Until its intermediate arrives, a mesh has no CA in this zone and certificate requests are answered 503 (sidecars
 retry). Every workload certificate of every zone thus chains to the same mesh root, so mTLS works across zones.
+
+Renewal: once two thirds of an installed intermediate's life have passed (`renew_due`), the zone makes a new
+pending key and publishes its CSR in the same place; the global CP signs it (the CSR is for another key than the
+certificate offered), and the new intermediate replaces the old one, which signs meanwhile. Certificates the old
+one signed stay valid (same root) until their sidecars renew them. An offered certificate for another key than the
+pending one (the old intermediate, still in etcd until the root signs the new CSR; or one whose key this zone lost)
+is not installed, and a zone without a pending key makes one: a zone whose CA files were removed asks again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -29,6 +38,7 @@ from meshcast.pki.spiffe import trust_domain_id
 log = logging.getLogger("meshcast.zone_cp.ca")
 
 PENDING_KEY = "pending.key"
+RENEW_AT = 2 / 3  # of an intermediate's life, as sidecars renew their certificates
 
 
 class CANotReady(StoreUnavailable):
@@ -68,6 +78,14 @@ class ZoneCAs:
         except CANotReady:
             return False
 
+    def renew_due(self, mesh: str, now: datetime | None = None) -> bool:
+        """The installed intermediate has lived two thirds of its life (False while there is none)."""
+        if not self.ready(mesh):
+            return False
+        cert = self.get(mesh).certificate
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        return (now or datetime.now(UTC)) >= start + (end - start) * RENEW_AT
+
     def _pending_key(self, mesh: str) -> ec.EllipticCurvePrivateKey:
         path = self._dir / mesh / PENDING_KEY
         if path.exists():
@@ -91,18 +109,36 @@ class ZoneCAs:
 
     def install(self, mesh: str, message: dict[str, Any]) -> bool:
         """Install the signed intermediate if it is for our pending key and chains to its bundle."""
-        key_pem = (self._dir / mesh / PENDING_KEY).read_bytes()
+        path = self._dir / mesh / PENDING_KEY
+        if not path.exists():
+            return False  # nothing asked for (a pending key and its CSR come next)
+        key_pem = path.read_bytes()
+        if not _for_key(message, self._pending_key(mesh)):
+            return False  # an earlier intermediate: ours is not signed yet
         try:
             ca = MeshCA.from_pem(str(message["certificate"]).encode(), key_pem,
                                  bundle_pem=str(message["trustBundle"]).encode())
         except (KeyError, ValueError) as exc:
             log.warning("ignoring the intermediate offered for mesh %s: %s", mesh, exc)
             return False
+        renewed = mesh in self._cas or (self._dir / mesh / KEY_FILE).exists()
         ca.save(self._dir / mesh)
-        (self._dir / mesh / PENDING_KEY).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         self._cas[mesh] = ca
-        log.info("zone %s: intermediate CA for mesh %s installed (signed by the mesh root)", self.zone, mesh)
+        log.info("zone %s: intermediate CA for mesh %s %s (signed by the mesh root, valid until %s)", self.zone,
+                 mesh, "renewed" if renewed else "installed", ca.not_after.isoformat())
         return True
+
+
+def _for_key(message: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> bool:
+    """The offered certificate is for `key` (a malformed offer is left to `MeshCA.from_pem` to report)."""
+    try:
+        cert = x509.load_pem_x509_certificate(str(message["certificate"]).encode())
+    except (KeyError, ValueError):
+        return True
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    return cert.public_key().public_bytes(der, spki) == key.public_key().public_bytes(der, spki)
 
 
 def parse_intermediate(raw: bytes) -> dict[str, Any] | None:

@@ -435,6 +435,8 @@ def global_cp() -> None:
 @click.option("--allow-remote-admin", is_flag=True, help="Serve token issuing to non-loopback callers.")
 @click.option("--tls-cert", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--tls-key", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--intermediate-validity", default="8760h", show_default=True,
+              help="Lifetime of the zone intermediate CAs it signs (zones renew theirs at 2/3 of it), e.g. 2160h.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def global_cp_run(**options: Any) -> None:
     """Run the global control plane until SIGTERM or SIGINT."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,9 +66,19 @@ def run_global_cp(
     *, etcd_endpoints: str, etcd_user: str | None, etcd_password: str | None, api_addr: str, state_dir: Path,
     no_default_mesh: bool, allow_remote_admin: bool, tls_cert: Path | None, tls_key: Path | None,
     etcd_ca_file: Path | None = None, etcd_cert_file: Path | None = None, etcd_key_file: Path | None = None,
+    intermediate_validity: str = "8760h",
 ) -> None:
     """The global CP is the control plane's API and store over the global keyspace, without dataplanes."""
     from meshcast.federation.keyspace import GLOBAL_PREFIX
+    from meshcast.wire.duration import parse_duration
+
+    try:
+        validity = parse_duration(intermediate_validity)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--intermediate-validity") from None
+    if validity < timedelta(seconds=30):
+        raise click.BadParameter("must be at least 30s (zones renew at 2/3 of it)",
+                                 param_hint="--intermediate-validity")
 
     run_zone_cp(
         store_kind="etcd", etcd_endpoints=etcd_endpoints, etcd_prefix=GLOBAL_PREFIX, etcd_user=etcd_user,
@@ -75,6 +86,7 @@ def run_global_cp(
         heartbeat_timeout=10.0, heartbeat_interval=2.0, no_default_mesh=no_default_mesh,
         allow_remote_admin=allow_remote_admin, tls_cert=tls_cert, tls_key=tls_key, role="global",
         etcd_ca_file=etcd_ca_file, etcd_cert_file=etcd_cert_file, etcd_key_file=etcd_key_file,
+        intermediate_validity=validity,
     )
 
 
@@ -86,7 +98,7 @@ def run_zone_cp(
     zone_lease_ttl: int = 10, role: str | None = None, global_cp: str = "", zone_token_file: Path | None = None,
     etcd_ca_file: Path | None = None, etcd_cert_file: Path | None = None, etcd_key_file: Path | None = None,
     global_etcd_ca_file: Path | None = None, global_etcd_cert_file: Path | None = None,
-    global_etcd_key_file: Path | None = None,
+    global_etcd_key_file: Path | None = None, intermediate_validity: timedelta | None = None,
 ) -> None:
     from meshcast.federation.keyspace import GLOBAL_PREFIX
     from meshcast.pki.spiffe import check_label
@@ -131,6 +143,7 @@ def run_zone_cp(
         etcd_endpoints=etcd_endpoints if role == "global" else "", etcd_user=etcd_user if role == "global" else None,
         etcd_password=etcd_password if role == "global" else None,
         etcd_tls=store_tls if role == "global" else None, global_etcd_tls=global_tls,
+        intermediate_validity=intermediate_validity,
     )
 
     async def main() -> None:

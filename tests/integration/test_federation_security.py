@@ -123,3 +123,61 @@ def test_a_zone_that_joined_restarts_after_its_token_expired(
         assert "using the saved credentials" in eu.log() and "has expired" in eu.log()
     finally:
         eu.stop()
+
+
+async def test_a_zone_renews_its_intermediate_before_it_expires(etcd_auth: EtcdAuth, tmp_path: Path) -> None:
+    """With 45 s intermediates, the zone asks for its next one at 2/3 of the first's life (30 s) and switches to it:
+    certificates signed before and after chain to the same root, and the old one's stay valid."""
+    import httpx
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from meshcast.pki import generate_workload_key, verify_chain
+    from meshcast.wire.cpclient import ControlPlaneClient
+
+    global_cp = ZoneCPProcess(tmp_path / "global", "--etcd-endpoints", etcd_auth.client_url, "--etcd-user", "root",
+                              "--etcd-password", etcd_auth.root_password, "--intermediate-validity", "45s",
+                              component="global-cp")
+    started: list[ZoneCPProcess] = [global_cp]
+    try:
+        global_cp.start()
+        eu = zone_cp(tmp_path, "eu", global_cp, etcd_auth, zone_token(global_cp, "eu"))
+        started.append(eu)
+        eu.start()
+        ca_file = tmp_path / "eu" / "ca" / "default" / "ca.crt"
+        wait_for(ca_file.exists, "eu's first intermediate", timeout=30)
+        first = x509.load_pem_x509_certificate(ca_file.read_bytes())
+        assert first.not_valid_after_utc - first.not_valid_before_utc <= timedelta(seconds=45 + 60)  # clock skew
+
+        async def certificate() -> tuple[bytes, str]:
+            client = ControlPlaneClient(eu.url, eu.token("backend"))
+            await client.register({"type": "Dataplane", "mesh": "default", "name": "backend-1", "spec": {
+                "address": "127.0.0.1", "inbound": [{"port": 10001, "service": "backend"}]}})
+            csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+                   .sign(generate_workload_key(), hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+            issued = await client.sign_certificate("default", "backend-1", csr)
+            return issued["certificate"].encode(), str(issued["trustBundle"])
+
+        before, bundle = await certificate()
+        wait_for(lambda: "intermediate CA for mesh default renewed" in eu.log(), "eu's renewal", timeout=45)
+        second = x509.load_pem_x509_certificate(ca_file.read_bytes())
+        assert second.serial_number != first.serial_number
+        assert second.public_key() != first.public_key()  # a new key, not the old one signed again
+        assert second.not_valid_after_utc > first.not_valid_after_utc
+        after, bundle_after = await certificate()
+        assert bundle_after == bundle  # the same root
+        assert x509.load_pem_x509_certificates(after)[1].serial_number == second.serial_number
+        for chain in (before, after):  # both trusted: sidecars renewed before and after still call each other
+            assert verify_chain(chain, bundle.encode()) == "spiffe://default/backend"
+
+        def expiry() -> float | None:
+            text = httpx.get(f"{eu.url}/metrics", timeout=5).text
+            return next((sample.value for family in text_string_to_metric_families(text)
+                         for sample in family.samples if sample.name == "meshcast_cp_ca_expiry_timestamp_seconds"
+                         and sample.labels == {"ca": "intermediate", "mesh": "default"}), None)
+
+        wait_for(lambda: expiry() == second.not_valid_after_utc.timestamp(), "the renewed intermediate's expiry")
+    finally:
+        for cp in reversed(started):
+            cp.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -76,3 +77,15 @@ def test_the_real_commands_take_config_files(tmp_path: Path) -> None:
         result = CliRunner().invoke(cli, [*command, "--config", str(path)])
         assert result.exit_code == 2, (command, result.output)
         assert f"'no-such-flag' is not an option of `cli {' '.join(command)}`" in result.output, result.output
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("10s", "must be at least 30s"), ("a year", "invalid duration 'a year'"), ("365d", "invalid duration '365d'"),
+])
+def test_a_bad_intermediate_validity_is_refused_before_anything_starts(value: str, message: str,
+                                                                        tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["global-cp", "run", "--state-dir", str(tmp_path), "--intermediate-validity",
+                                      value])
+    assert result.exit_code == 2, result.output
+    assert "--intermediate-validity" in result.output and message in result.output, result.output
+    assert list(tmp_path.iterdir()) == []  # nothing created
