@@ -14,7 +14,8 @@ pending key and publishes its CSR in the same place; the global CP signs it (the
 certificate offered), and the new intermediate replaces the old one, which signs meanwhile. Certificates the old
 one signed stay valid (same root) until their sidecars renew them. An offered certificate for another key than the
 pending one (the old intermediate, still in etcd until the root signs the new CSR; or one whose key this zone lost)
-is not installed, and a zone without a pending key makes one: a zone whose CA files were removed asks again.
+is not installed, and a zone without a pending key makes one: a zone whose CA files were removed asks again, as
+does one whose files cannot be used (set aside in `ca/<mesh>/unusable-<time>/` and logged).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from meshcast.errors import StoreUnavailable
 from meshcast.federation.keyspace import zone_prefix
 from meshcast.pki import MeshCA, _files, build_csr, generate_workload_key
-from meshcast.pki.ca import KEY_FILE
+from meshcast.pki.ca import BUNDLE_FILE, CERT_FILE, KEY_FILE
 from meshcast.pki.spiffe import trust_domain_id
 
 log = logging.getLogger("meshcast.zone_cp.ca")
@@ -65,11 +66,25 @@ class ZoneCAs:
     def get(self, mesh: str) -> MeshCA:
         ca = self._cas.get(mesh)
         if ca is None and (self._dir / mesh / KEY_FILE).exists():
-            ca = self._cas[mesh] = MeshCA.load(self._dir / mesh)
+            try:
+                ca = self._cas[mesh] = MeshCA.load(self._dir / mesh)
+            except (ValueError, OSError) as exc:  # e.g. a crash between the writes of a renewal: key and cert differ
+                aside = self._set_aside(mesh)
+                log.error("zone %s: the intermediate CA of mesh %s cannot be used (%s): moved to %s; asking the "
+                          "global control plane for a new one", self.zone, mesh, exc, aside)
         if ca is None:
             raise CANotReady(f"zone {self.zone} has no CA for mesh {mesh} yet: the global control plane signs "
                              "its intermediate (is the global etcd reachable?)")
         return ca
+
+    def _set_aside(self, mesh: str) -> Path:
+        """Move the CA files of `mesh` into a new `unusable-<time>` directory beside them (0700, like the key)."""
+        aside = self._dir / mesh / f"unusable-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}"
+        _files.ensure_dir(aside)
+        for name in (KEY_FILE, CERT_FILE, BUNDLE_FILE):
+            if (self._dir / mesh / name).exists():
+                (self._dir / mesh / name).rename(aside / name)
+        return aside
 
     def ready(self, mesh: str) -> bool:
         try:

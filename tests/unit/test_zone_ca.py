@@ -78,3 +78,25 @@ def test_renewal_is_due_against_the_clock_by_default(tmp_path: Path) -> None:
     certificate = root.sign_intermediate(csr, zone="eu", validity=LIFE, now=late)
     assert cas.install("default", {"certificate": certificate.decode(), "trustBundle": root.trust_bundle().decode()})
     assert cas.renew_due("default")
+
+
+def test_ca_files_that_do_not_match_are_set_aside_and_a_new_intermediate_asked_for(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A crash between the writes of a renewal can leave the new certificate beside the old key: the zone CP does not
+    stop on it (it raised ValueError at every start); it moves the files aside, says so, and asks again."""
+    root = MeshCA.generate("default")
+    cas = ZoneCAs(tmp_path, "eu")
+    assert cas.install("default", offer(root, cas.csr("default")))
+    other = root.generate_intermediate(zone="eu")
+    directory = tmp_path / "ca" / "default"
+    (directory / "ca.crt").write_bytes(other.cert_pem)  # another intermediate's certificate beside our key
+
+    restarted = ZoneCAs(tmp_path, "eu")
+    with caplog.at_level(logging.ERROR):
+        assert not restarted.ready("default")
+    assert "cannot be used (CA key does not match the CA certificate)" in caplog.text
+    [aside] = [d for d in directory.iterdir() if d.name.startswith("unusable-")]
+    assert sorted(f.name for f in aside.iterdir()) == ["bundle.crt", "ca.crt", "ca.key"]
+    assert (aside / "ca.key").stat().st_mode & 0o077 == 0
+    assert restarted.install("default", offer(root, restarted.csr("default")))
+    assert restarted.ready("default")
