@@ -640,21 +640,38 @@ def gateway_run(cp_url: str, log_level: str, **options: Any) -> None:
 def gateway_drain(admin_addr: str, timeout: float) -> None:
     """Drain a gateway: unready (its region's prefixes are withdrawn), connections told to go, requests in flight
     finish, then it exits. Returns when it has exited."""
+    # The standard library's client, not httpx: a plain request to a loopback admin, and the route is withdrawn
+    # that much sooner (importing httpx took ~0.15 s of this command's start).
+    import http.client
     import time
 
-    import httpx
+    from zone_cp.config import split_host_port
 
-    url = f"http://{admin_addr}"
     try:
-        httpx.post(url + "/drain", timeout=5).raise_for_status()
-    except httpx.HTTPError as exc:
+        host, port = split_host_port(admin_addr, default_port=9901)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--admin-addr") from None
+
+    def request(method: str, path: str, timeout: float) -> int:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        try:
+            conn.request(method, path)
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    try:
+        status = request("POST", "/drain", 5)
+    except OSError as exc:
         raise click.ClickException(f"cannot ask the gateway at {admin_addr} to drain: {exc}") from None
+    if status >= 300:
+        raise click.ClickException(f"the gateway at {admin_addr} answered HTTP {status} to POST /drain")
     click.echo(f"gateway at {admin_addr}: draining")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            httpx.get(url + "/ready", timeout=1)
-        except httpx.HTTPError:
+            request("GET", "/ready", 1)
+        except (OSError, http.client.HTTPException):
             click.echo("drained: the gateway has exited")
             return
         time.sleep(0.2)
