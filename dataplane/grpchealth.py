@@ -90,6 +90,9 @@ def encode_request(service: str) -> bytes:
     return frame(b"\x0a" + encode_varint(len(name)) + name if name else b"")
 
 
+MAX_FIELD_NUMBER = (1 << 29) - 1  # protobuf's field numbers: a key is a uint32, 3 bits of it the wire type
+
+
 def decode_status(message: bytes) -> int:
     """The status of a HealthCheckResponse (protobuf bytes): the last `status` field, 0 (UNKNOWN) if none; unknown
     fields are skipped. Raises ValueError, and nothing else, on any malformed input."""
@@ -100,6 +103,8 @@ def decode_status(message: bytes) -> int:
         number, wire = key >> 3, key & 7
         if number == 0:
             raise ValueError("field number 0")
+        if number > MAX_FIELD_NUMBER:
+            raise ValueError(f"field number {number} is above the largest protobuf allows")
         if wire == 0:  # varint
             value, offset = decode_varint(message, offset)
             if number == 1:

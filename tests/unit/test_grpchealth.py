@@ -14,7 +14,7 @@ import h2.events
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dataplane.grpchealth import (
@@ -80,6 +80,7 @@ def test_the_last_status_wins_and_none_is_unknown() -> None:
     assert decode_status(b"") == 0 and decode_status(b"\x12\x00") == 0
 
 
+@example(b"\xc1\x80\x80\x80\x10" + bytes(8))  # field number 2**29 + 8: above protobuf's largest, refused by it
 @given(st.binary(max_size=64))
 def test_what_we_accept_the_protobuf_runtime_reads_the_same(message: bytes) -> None:
     try:
