@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import trio
 
 from dataplane.config import InboundConfig, OutboundConfig, ProxyConfig
-from meshcast.wire.leanio import LeanSocketStream, accept_queued, drop_new_connections, listen_tcp, serve_lean
+from meshcast.wire.leanio import LeanSocketStream, close_listener, drop_new_connections, listen_tcp, serve_lean
 
 log = logging.getLogger("meshcast.dataplane.listeners")
 
@@ -124,11 +124,8 @@ class ListenerSet:
     def stop(self, spec: ListenerSpec) -> None:
         scope, sock, handler = self._running.pop(spec)
         scope.cancel()
-        for conn in accept_queued(sock):  # accepted but for the accept call: served, not reset by the close
-            self._connections.start_soon(handler, LeanSocketStream(conn))
         # Close now, not when the accept task next runs: a replacement listener may bind the same port at once.
-        trio.lowlevel.notify_closing(sock)
-        sock.close()
+        close_listener(sock, lambda stream: self._connections.start_soon(handler, stream))
 
     def drop_new_connections(self) -> None:
         """Leave new connections unanswered on every listener (see the module's docstring); they stay open."""

@@ -122,12 +122,9 @@ def pending_csrs(keys: dict[str, bytes]) -> list[tuple[str, str, bytes]]:
 
 def _same_key(csr_pem: bytes, offered: bytes) -> bool:
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
 
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
     try:
-        wanted = x509.load_pem_x509_csr(csr_pem).public_key().public_bytes(serialization.Encoding.DER, spki)
         cert = x509.load_pem_x509_certificate(json.loads(offered)["certificate"].encode())
-        return cert.public_key().public_bytes(serialization.Encoding.DER, spki) == wanted
+        return bool(cert.public_key() == x509.load_pem_x509_csr(csr_pem).public_key())
     except (ValueError, KeyError, TypeError, AttributeError):
         return False

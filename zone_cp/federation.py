@@ -286,12 +286,14 @@ class IntermediateExchange:
             await trio.sleep(self.interval)
 
     async def step(self) -> None:
-        meshes = [mesh for mesh, spec in self.cp.inventory.meshes.items() if spec.mtls_enabled]
-        for mesh in meshes:
-            if self.cas.ready(mesh):
-                self.cp.metrics.ca_expiry.labels(mesh=mesh, ca="intermediate").set(
-                    self.cas.get(mesh).not_after.timestamp())
-        waiting = [mesh for mesh in meshes if not self.cas.ready(mesh) or self.cas.renew_due(mesh)]
+        waiting = []
+        for mesh in [mesh for mesh, spec in self.cp.inventory.meshes.items() if spec.mtls_enabled]:
+            if not self.cas.ready(mesh):
+                waiting.append(mesh)
+                continue
+            self.cp.metrics.ca_expiry.labels(mesh=mesh, ca="intermediate").set(self.cas.get(mesh).not_after.timestamp())
+            if self.cas.renew_due(mesh):
+                waiting.append(mesh)
         if not waiting:
             return
         await self.store.connect()

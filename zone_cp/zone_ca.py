@@ -151,9 +151,7 @@ def _for_key(message: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> bool:
         cert = x509.load_pem_x509_certificate(str(message["certificate"]).encode())
     except (KeyError, ValueError):
         return True
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    return cert.public_key().public_bytes(der, spki) == key.public_key().public_bytes(der, spki)
+    return bool(cert.public_key() == key.public_key())
 
 
 def parse_intermediate(raw: bytes) -> dict[str, Any] | None:

@@ -44,7 +44,7 @@ from dataplane.ingress.sni import MAX_HELLO, Hello, NotClientHello, parse_client
 from dataplane.ingress.stats import SPLICED, ConnectionMeter, IngressAccounts, IngressStatistics
 from dataplane.splice import splice
 from dataplane.transport.upstream import UpstreamError
-from meshcast.wire.leanio import LeanSocketStream, accept_queued, listen_tcp, open_lean_tcp_stream, serve_lean
+from meshcast.wire.leanio import LeanSocketStream, close_listener, listen_tcp, open_lean_tcp_stream, serve_lean
 from meshcast.wire.sni import parse_service_sni
 
 log = logging.getLogger("meshcast.dataplane.ingress")
@@ -266,12 +266,8 @@ class IngressServer:
         docstring), for at most `grace` seconds; the ones left are closed then. True if none had to be cut."""
         self.draining = True
         self._accepting.cancel()
-        sock = self._listener
-        if sock is not None and sock.fileno() != -1:
-            for conn in accept_queued(sock):  # completed by the kernel: served, not reset by the close
-                self._spawn_now(LeanSocketStream(conn))
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
+        if self._listener is not None:
+            close_listener(self._listener, self._spawn_now)  # what the kernel had queued is served
         deadline = trio.current_time() + grace
         moved: dict[trio.CancelScope, tuple[tuple[int, int], float]] = {}  # bytes each way, and since when
         while self._active and trio.current_time() < deadline:

@@ -65,11 +65,12 @@ def run_dataplane(
 
     if workers < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers")
+    drop_new = while_withdrawing == "drop"  # a gateway's new connections during its withdraw delay
 
     async def follow() -> None:
         sidecar = Sidecar(cp_url=cp, token=token, dataplane=doc, state_dir=state, cp_ssl_context=cp_ssl,
                           workers=2, follower=True, withdraw_delay=withdraw_delay,
-                          drop_while_withdrawing=while_withdrawing == "drop")
+                          drop_while_withdrawing=drop_new)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(sidecar.run)
@@ -86,7 +87,7 @@ def run_dataplane(
     async def main() -> None:
         sidecar = Sidecar(cp_url=cp, token=token, dataplane=doc, state_dir=state, cp_ssl_context=cp_ssl,
                           workers=workers, withdraw_delay=withdraw_delay,
-                          drop_while_withdrawing=while_withdrawing == "drop")
+                          drop_while_withdrawing=drop_new)
         try:
             admin_sock = bind(admin_host, admin_port)
         except OSError as exc:

@@ -164,17 +164,20 @@ def drop_new_connections(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def accept_queued(sock: socket.socket) -> list[socket.socket]:
-    """The connections the kernel has completed and queued on a listening socket, accepted without waiting. Closing
-    a listener resets every connection still queued on it, though their clients may already have sent a request."""
+def close_listener(sock: socket.socket, serve: Callable[[LeanSocketStream], None]) -> None:
+    """Close a listening socket now, first handing `serve` every connection the kernel has completed and queued on
+    it (closing a listener resets those, though their clients may already have sent a request). Idempotent."""
+    if sock.fileno() == -1:
+        return
     sock.setblocking(False)
-    accepted: list[socket.socket] = []
     while True:
         try:
             conn, _ = sock.accept()
         except OSError:  # BlockingIOError: the queue is empty; anything else: nothing more to take
-            return accepted
-        accepted.append(conn)
+            break
+        serve(LeanSocketStream(conn))
+    trio.lowlevel.notify_closing(sock)  # wakes an accept loop waiting on it
+    sock.close()
 
 
 async def serve_lean(
