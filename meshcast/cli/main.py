@@ -26,6 +26,22 @@ DEFAULT_CP = "http://127.0.0.1:5681"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def etcd_tls_options(prefix: str, what: str) -> Callable[[F], F]:
+    """--PREFIX-ca-file, --PREFIX-cert-file and --PREFIX-key-file: TLS to an etcd with https:// endpoints."""
+    file = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+    def decorate(command: F) -> F:
+        for option, text in reversed((
+            ("ca-file", f"CA that signed {what}'s certificates (with https:// endpoints)."),
+            ("cert-file", f"Client certificate for {what} (when it asks for one: --client-cert-auth)."),
+            ("key-file", "Its private key."),
+        )):
+            command = click.option(f"--{prefix}-{option}", type=file, default=None, help=text)(command)
+        return command
+
+    return decorate
+
+
 class Context:
     def __init__(self, cp: str, ca_file: str | None) -> None:
         self.cp = cp.rstrip("/")
@@ -364,12 +380,7 @@ def zone_cp() -> None:
 @click.option("--etcd-user", envvar="MESHCAST_ETCD_USER", default=None, help="etcd user (or MESHCAST_ETCD_USER).")
 @click.option("--etcd-password", envvar="MESHCAST_ETCD_PASSWORD", default=None,
               help="etcd password (prefer MESHCAST_ETCD_PASSWORD).")
-@click.option("--etcd-ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="CA that signed etcd's certificates (with https:// endpoints).")
-@click.option("--etcd-cert-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Client certificate for etcd (when it asks for one: --client-cert-auth).")
-@click.option("--etcd-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Its private key.")
+@etcd_tls_options("etcd", "etcd")
 @click.option("--api-addr", default="127.0.0.1:5681", show_default=True, help="Address of the HTTP API.")
 @click.option("--dp-addr", default="127.0.0.1:5678", show_default=True,
               help="Address of the dataplane server (sidecars' config streams).")
@@ -382,12 +393,7 @@ def zone_cp() -> None:
               help="This zone's etcd user in the global etcd (or MESHCAST_GLOBAL_ETCD_USER).")
 @click.option("--global-etcd-password", envvar="MESHCAST_GLOBAL_ETCD_PASSWORD", default=None,
               help="Its password (prefer MESHCAST_GLOBAL_ETCD_PASSWORD).")
-@click.option("--global-etcd-ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="CA that signed the global etcd's certificates (with https:// endpoints).")
-@click.option("--global-etcd-cert-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Client certificate for the global etcd (when it asks for one: --client-cert-auth).")
-@click.option("--global-etcd-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Its private key.")
+@etcd_tls_options("global-etcd", "the global etcd")
 @click.option("--global-cp", default="", help="URL of the global control plane's API (to join with a zone token).")
 @click.option("--zone-token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Zone token from the global CP (meshcast generate zone-token): exchanged for etcd credentials.")
@@ -422,12 +428,7 @@ def global_cp() -> None:
 @click.option("--etcd-user", envvar="MESHCAST_ETCD_USER", default=None, help="etcd user (or MESHCAST_ETCD_USER).")
 @click.option("--etcd-password", envvar="MESHCAST_ETCD_PASSWORD", default=None,
               help="etcd password (prefer MESHCAST_ETCD_PASSWORD).")
-@click.option("--etcd-ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="CA that signed etcd's certificates (with https:// endpoints).")
-@click.option("--etcd-cert-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Client certificate for etcd (when it asks for one: --client-cert-auth).")
-@click.option("--etcd-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Its private key.")
+@etcd_tls_options("etcd", "etcd")
 @click.option("--api-addr", default="127.0.0.1:5681", show_default=True, help="Address of the HTTP API.")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/meshcast/global"),
               show_default=True, help="Where the global CP's keys are kept (0600).")
